@@ -1,0 +1,14 @@
+"""Mask transforms and solvers: N:M masks along an axis and transposable N:M masks."""
+
+from jaxnm.masks.diversity import count_transposable_tiles, mask_diversity
+from jaxnm.masks.nm import is_nm, nm_mask
+from jaxnm.masks.transposable import is_transposable_nm, transposable_mask
+
+__all__ = [
+    "count_transposable_tiles",
+    "is_nm",
+    "is_transposable_nm",
+    "mask_diversity",
+    "nm_mask",
+    "transposable_mask",
+]
