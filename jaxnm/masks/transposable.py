@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnm._checks import check_floating, check_nm, check_tileable
-from jaxnm.masks import greedy
+from jaxnm.masks import exact, exhaustive, greedy
 from jaxnm.masks.scores import importance
 from jaxnm.masks.tiles import from_tiles, to_tiles
 
@@ -24,6 +24,8 @@ Solver = Callable[[jax.Array, int], jax.Array]
 def _solvers() -> dict[str, Solver]:
     return {
         "greedy": greedy.solve,
+        "exact": exact.solve,
+        "exhaustive": exhaustive.solve,
     }
 
 
@@ -74,7 +76,7 @@ def _select(method: str, n: int, m: int) -> Solver:
 
 
 def _cheap_to_enumerate(n: int, m: int) -> bool:
-    return m <= 4
+    return exhaustive.pattern_count_at_most(n, m, exhaustive.AUTO_MAX_PATTERNS)
 
 
 def is_transposable_nm(mask: jax.Array, n: int, m: int) -> jax.Array:
