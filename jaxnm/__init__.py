@@ -1,5 +1,6 @@
 """jaxnm: N:M fine-grained structured sparse training for JAX, optax and Flax."""
 
+from jaxnm import ops
 from jaxnm.masks import (
     count_transposable_tiles,
     is_nm,
@@ -8,6 +9,7 @@ from jaxnm.masks import (
     nm_mask,
     transposable_mask,
 )
+from jaxnm.ops import mvue
 
 __version__ = "0.1.0"
 
@@ -16,6 +18,8 @@ __all__ = [
     "is_nm",
     "is_transposable_nm",
     "mask_diversity",
+    "mvue",
     "nm_mask",
+    "ops",
     "transposable_mask",
 ]

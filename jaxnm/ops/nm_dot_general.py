@@ -1,0 +1,318 @@
+"""N:M ``dot_general`` for training: all three GEMMs of a layer see N:M operands (BRIEF §4–5).
+
+Forward ``Y = lhs · (rhs ⊙ mask)``. Backward (``jax.custom_vjp``):
+
+* input gradient ``dlhs = dY · (rhs ⊙ mask)ᵀ``: with a transposable mask, N:M along ``out``;
+* weight gradient ``drhs = lhsᵀ · prune(dY)``, passed straight through to the dense ``rhs``
+  (STE, so masks can change), plus ``srste·(1 − mask) ⊙ rhs`` (SR-STE) when ``srste`` is given;
+  ``prune`` is MVUE along the token axes of ``dY`` (see :mod:`jaxnm.ops.grad_prune`);
+* no gradient to ``mask`` (zeros; ``float0`` for a bool mask), ``key`` or ``srste``.
+
+The transposed GEMMs are derived with ``jax.linear_transpose`` of the forward contraction, so
+any ``dimension_numbers`` (batch dimensions included) are supported. Reverse mode only
+(``jax.jvp`` of a ``custom_vjp`` function is not defined).
+
+Keys: MVUE is stochastic and needs a fresh key per step and per layer, e.g.
+``jax.random.fold_in(jax.random.fold_in(base_key, step), layer_index)``. Reusing one key for
+two layers correlates their pruning noise (still unbiased per layer).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnm._checks import check_floating
+from jaxnm.ops.grad_prune import (
+    GradSparsity,
+    check_grad_key,
+    parse_grad_sparsity,
+    prune_tokens,
+)
+
+
+class _DotConfig(NamedTuple):
+    """Static (hashable) settings of one :func:`nm_dot_general` call."""
+
+    dimension_numbers: tuple  # ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch))
+    precision: Any
+    preferred_element_type: Any
+    out_sharding: Any
+    spec: GradSparsity | None  # None: dense weight gradient
+    use_srste: bool
+
+
+def nm_dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    mask: jax.Array,
+    dimension_numbers,
+    *,
+    grad_sparsity: str | None = None,
+    key: jax.Array | None = None,
+    srste: float | jax.Array = 0.0,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+) -> jax.Array:
+    """``lax.dot_general(lhs, rhs ⊙ mask)`` with the N:M training backward pass.
+
+    Args:
+      lhs: activations, floating array; its non-contracted, non-batch axes are the token
+        axes (the axes the weight gradient reduces over, where MVUE groups run).
+      rhs: weight, floating array, e.g. a Flax Dense kernel ``(in, out)``. Receives the dense
+        straight-through gradient.
+      mask: array of ``rhs``'s shape, bool or numeric (``rhs ⊙ mask`` is
+        ``where(mask, rhs, 0)`` for bool, ``rhs * mask`` otherwise); typically N:M along the
+        contraction axis (``in``), or transposable N:M. Gets no gradient.
+      dimension_numbers: as for ``lax.dot_general``:
+        ``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))``.
+      grad_sparsity: ``None`` (dense weight gradient), ``"mvue_1_2"``, ``"mvue_2_4"`` or
+        ``"approx_mvue_2_4"``: prune ``dY`` along its flattened token axes (groups of ``m``
+        consecutive tokens, per batch index and output feature) before ``lhsᵀ · dY``. A
+        ragged tail of ``T mod m`` tokens stays dense.
+      key: PRNG key, required when ``grad_sparsity`` is set. Fold in the step and layer id.
+      srste: SR-STE weight ``λ >= 0`` (Python float or traced scalar); adds
+        ``λ·(1 − mask) ⊙ rhs`` to the weight gradient. BRIEF default is ``2e-4``.
+      precision: passed to ``lax.dot_general`` for all three GEMMs.
+      preferred_element_type: accumulation/output dtype of the GEMMs (e.g. ``jnp.float32``
+        with bfloat16 operands). Gradients are returned in the operands' dtypes.
+      out_sharding: passed to ``lax.dot_general`` (Flax NNX passes it, usually ``None``).
+
+    Returns:
+      ``lax.dot_general(lhs, rhs ⊙ mask, dimension_numbers, ...)``: batch axes, then lhs free
+      axes, then rhs free axes.
+
+    Raises:
+      ValueError: ``mask.shape != rhs.shape``, non-floating operands, an unknown
+        ``grad_sparsity``, ``grad_sparsity`` without ``key``, or a negative ``srste``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxnm
+      >>> x, w = jnp.ones((8, 4)), jnp.arange(8.0).reshape(4, 2)
+      >>> mask = jaxnm.nm_mask(w, 2, 4)
+      >>> dn = (((1,), (0,)), ((), ()))
+      >>> jaxnm.ops.nm_dot_general(x, w, mask, dn)[0]
+      Array([10., 12.], dtype=float32)
+      >>> dw = jax.grad(lambda w: jaxnm.ops.nm_dot_general(
+      ...     x, w, mask, dn, grad_sparsity="mvue_2_4", key=jax.random.key(0)).sum())(w)
+    """
+    check_floating(lhs, "lhs")
+    check_floating(rhs, "rhs")
+    _check_mask(mask, rhs)
+    mask = jnp.asarray(mask)
+    spec = parse_grad_sparsity(grad_sparsity)
+    check_grad_key(spec, key)
+    use_srste = _check_srste(srste)
+    cfg = _DotConfig(
+        dimension_numbers=_normalize_dimension_numbers(dimension_numbers),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding,
+        spec=spec,
+        use_srste=use_srste,
+    )
+    return _nm_dot(
+        cfg,
+        lhs,
+        rhs,
+        mask,
+        key if spec is not None else None,
+        jnp.asarray(srste, jnp.float32) if use_srste else None,
+    )
+
+
+def nm_linear(
+    x: jax.Array,
+    w: jax.Array,
+    mask: jax.Array,
+    *,
+    grad_sparsity: str | None = None,
+    key: jax.Array | None = None,
+    srste: float | jax.Array = 0.0,
+    precision=None,
+    preferred_element_type=None,
+) -> jax.Array:
+    """``x @ (w ⊙ mask)`` with the N:M backward pass of :func:`nm_dot_general`.
+
+    Args:
+      x: ``(..., in)`` floating activations; all leading axes are tokens (MVUE groups run
+        along their row-major flattening).
+      w: ``(in, out)`` floating kernel (Flax Dense layout).
+      mask: ``(in, out)`` bool or numeric mask, N:M along ``in`` (axis ``-2``) or
+        transposable.
+      grad_sparsity, key, srste, precision, preferred_element_type: see
+        :func:`nm_dot_general`.
+
+    Returns:
+      ``(..., out)`` array.
+    """
+    if jnp.ndim(w) != 2:
+        raise ValueError(f"`w` must be a 2-D (in, out) kernel, got shape {jnp.shape(w)}.")
+    if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != jnp.shape(w)[0]:
+        raise ValueError(
+            f"`x` has shape {jnp.shape(x)}: its last axis must match w.shape[0] "
+            f"(w has shape {jnp.shape(w)})."
+        )
+    dn = (((jnp.ndim(x) - 1,), (0,)), ((), ()))
+    return nm_dot_general(
+        x,
+        w,
+        mask,
+        dn,
+        grad_sparsity=grad_sparsity,
+        key=key,
+        srste=srste,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def nm_dot_general_fn(
+    mask: jax.Array,
+    *,
+    grad_sparsity: str | None = None,
+    key: jax.Array | None = None,
+    srste: float | jax.Array = 0.0,
+) -> Callable[..., jax.Array]:
+    """Closes :func:`nm_dot_general` over a mask and key, for Flax ``dot_general=`` seams.
+
+    Flax ``nnx.Linear`` and ``linen.Dense`` call
+    ``dot_general(inputs, kernel, dimension_numbers, precision=..., [preferred_element_type=...,
+    out_sharding=...])``; the returned function has exactly that signature, so e.g.
+    ``nnx.Linear(..., dot_general=nm_dot_general_fn(mask, grad_sparsity="mvue_2_4", key=k))``
+    (build it inside the forward pass, where the current mask and key are known).
+
+    Args:
+      mask: mask of the kernel's shape.
+      grad_sparsity, key, srste: see :func:`nm_dot_general`.
+
+    Returns:
+      ``fn(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+      out_sharding=None)``.
+    """
+    check_grad_key(parse_grad_sparsity(grad_sparsity), key)
+
+    def dot_general(
+        lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None
+    ):
+        return nm_dot_general(
+            lhs,
+            rhs,
+            mask,
+            dimension_numbers,
+            grad_sparsity=grad_sparsity,
+            key=key,
+            srste=srste,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            out_sharding=out_sharding,
+        )
+
+    return dot_general
+
+
+def apply_mask(w: jax.Array, mask: jax.Array) -> jax.Array:
+    """``w ⊙ mask`` in ``w``'s dtype: ``where(mask, w, 0)`` for bool, else ``w * mask``."""
+    if mask.dtype == jnp.bool_:
+        return jnp.where(mask, w, jnp.zeros((), w.dtype))
+    return w * mask.astype(w.dtype)
+
+
+def srste_term(w: jax.Array, mask: jax.Array, srste: jax.Array) -> jax.Array:
+    """SR-STE decay ``srste·(1 − mask) ⊙ w`` in ``w``'s dtype."""
+    pruned = ~mask if mask.dtype == jnp.bool_ else 1 - mask
+    return (srste * pruned.astype(jnp.float32) * w.astype(jnp.float32)).astype(w.dtype)
+
+
+def _check_mask(mask, w, w_name: str = "rhs") -> None:
+    if jnp.shape(mask) != jnp.shape(w):
+        raise ValueError(
+            f"`mask` must have the shape of `{w_name}` {jnp.shape(w)}, got {jnp.shape(mask)}."
+        )
+    dtype = jnp.result_type(mask)
+    if not (
+        dtype == jnp.bool_
+        or jnp.issubdtype(dtype, jnp.integer)
+        or jnp.issubdtype(dtype, jnp.floating)
+    ):
+        raise TypeError(f"`mask` must be bool, integer or floating, got dtype {dtype}.")
+
+
+def _check_srste(srste) -> bool:
+    """Returns whether the SR-STE term is needed (statically known zero skips it)."""
+    if isinstance(srste, (int, float)):
+        if srste < 0:
+            raise ValueError(f"`srste` must be >= 0, got {srste}.")
+        return srste != 0
+    if jnp.ndim(srste) != 0:
+        raise ValueError(f"`srste` must be a scalar, got shape {jnp.shape(srste)}.")
+    return True
+
+
+def _normalize_dimension_numbers(dn) -> tuple:
+    try:
+        (lc, rc), (lb, rb) = dn
+        return (
+            (tuple(int(i) for i in lc), tuple(int(i) for i in rc)),
+            (tuple(int(i) for i in lb), tuple(int(i) for i in rb)),
+        )
+    except (TypeError, ValueError):
+        raise ValueError(
+            "`dimension_numbers` must be ((lhs_contracting, rhs_contracting), "
+            f"(lhs_batch, rhs_batch)), got {dn!r}."
+        ) from None
+
+
+def _dot(cfg: _DotConfig, lhs, rhs):
+    return lax.dot_general(
+        lhs,
+        rhs,
+        cfg.dimension_numbers,
+        precision=cfg.precision,
+        preferred_element_type=cfg.preferred_element_type,
+        out_sharding=cfg.out_sharding,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _nm_dot(cfg, lhs, rhs, mask, key, srste):
+    del key, srste
+    return _dot(cfg, lhs, apply_mask(rhs, mask))
+
+
+def _nm_dot_fwd(cfg, lhs, rhs, mask, key, srste):
+    return _dot(cfg, lhs, apply_mask(rhs, mask)), (lhs, rhs, mask, key, srste)
+
+
+def _nm_dot_bwd(cfg, res, g):
+    lhs, rhs, mask, key, srste = res
+    w_eff = apply_mask(rhs, mask)
+    (dlhs,) = jax.linear_transpose(lambda x: _dot(cfg, x, w_eff), lhs)(g)
+    if cfg.spec is not None:
+        g = _prune_dot_output(g, cfg, lhs.ndim, key)
+    (drhs,) = jax.linear_transpose(lambda w: _dot(cfg, lhs, w), rhs)(g)
+    if cfg.use_srste:
+        drhs = drhs + srste_term(rhs, mask, srste)
+    return dlhs, drhs, None, None, None
+
+
+_nm_dot.defvjp(_nm_dot_fwd, _nm_dot_bwd)
+
+
+def _prune_dot_output(g, cfg: _DotConfig, lhs_ndim: int, key):
+    """MVUE along the lhs free axes of ``dY`` (batch axes first, rhs free axes last)."""
+    (lc, _), (lb, _) = cfg.dimension_numbers
+    nb = len(lb)
+    nt = lhs_ndim - len(lc) - nb
+    shape = g.shape
+    g3 = g.reshape(
+        math.prod(shape[:nb]), math.prod(shape[nb : nb + nt]), math.prod(shape[nb + nt :])
+    )
+    return prune_tokens(g3, cfg.spec, key).reshape(shape)

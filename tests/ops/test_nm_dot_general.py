@@ -1,0 +1,220 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+import jaxnm
+from jaxnm.ops import nm_dot_general, nm_dot_general_fn, nm_linear
+
+DN = (((1,), (0,)), ((), ()))
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _problem(t=16, d=8, f=12, seed=0, dtype=jnp.float32):
+    kx, kw, kg = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, (t, d), dtype)
+    w = jax.random.normal(kw, (d, f), dtype)
+    dy = jax.random.normal(kg, (t, f), jnp.float32)
+    return x, w, jaxnm.nm_mask(w, 2, 4), dy
+
+
+def _vjp(fn, x, w, dy):
+    y, pullback = jax.vjp(fn, x, w)
+    return (y, *pullback(dy.astype(y.dtype)))
+
+
+@pytest.mark.parametrize("mask_dtype", [jnp.bool_, jnp.float32])
+@pytest.mark.parametrize("srste", [0.0, 2e-4, 0.5])
+def test_dense_gradients_match_reference(mask_dtype, srste):
+    x, w, mask, dy = _problem()
+    mask = mask.astype(mask_dtype)
+    y, dx, dw = _vjp(lambda a, b: nm_dot_general(a, b, mask, DN, srste=srste), x, w, dy)
+    xn, wn, mn, dyn = (np.asarray(v, np.float64) for v in (x, w, mask, dy))
+    np.testing.assert_array_less(_rel_err(y, xn @ (wn * mn)), 1e-5)
+    np.testing.assert_array_less(_rel_err(dx, dyn @ (wn * mn).T), 1e-5)
+    # Straight-through: the dense x^T dY, not masked, plus the SR-STE decay.
+    np.testing.assert_array_less(_rel_err(dw, xn.T @ dyn + srste * (1 - mn) * wn), 1e-5)
+    # dx is exactly the gradient of the plain masked matmul.
+    _, pullback = jax.vjp(lambda a: a @ (w * mask.astype(w.dtype)), x)
+    np.testing.assert_array_less(_rel_err(dx, pullback(dy)[0]), 1e-5)
+
+
+def test_mask_gets_no_gradient():
+    x, w, mask, _ = _problem()
+    loss = lambda w, m: jnp.sum(nm_dot_general(x, w, m, DN, srste=0.1) ** 2)  # noqa: E731
+    _, dmask = jax.grad(loss, argnums=(0, 1), allow_int=True)(w, mask)
+    assert dmask.dtype == jax.dtypes.float0 and dmask.shape == mask.shape
+    _, dmask = jax.grad(loss, argnums=(0, 1))(w, mask.astype(jnp.float32))
+    assert dmask.dtype == jnp.float32
+    np.testing.assert_array_equal(dmask, 0.0)
+
+
+def test_batch_and_multi_axis_dimension_numbers():
+    # Per-head weights: lhs (H, B, T, D), rhs (H, D, F); batch H, contract D, tokens (B, T).
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(k1, (2, 3, 4, 8))
+    w = jax.random.normal(k2, (2, 8, 5))
+    mask = jaxnm.nm_mask(w, 2, 4, axis=1)
+    dn = (((3,), (1,)), ((0,), (0,)))
+    dy = jax.random.normal(k3, (2, 3, 4, 5))
+    ref = lambda a, b: lax.dot_general(a, b * mask, dn)  # noqa: E731
+    y, dx, dw = _vjp(lambda a, b: nm_dot_general(a, b, mask, dn), x, w, dy)
+    y_ref, dx_ref, _ = _vjp(ref, x, w, dy)
+    dw_ref = jnp.einsum("hbtd,hbtf->hdf", x, dy)
+    for got, want in [(y, y_ref), (dx, dx_ref), (dw, dw_ref)]:
+        np.testing.assert_array_less(_rel_err(got, want), 1e-5)
+    # Two contracting axes: lhs (T, A, B), rhs (A, B, F).
+    x = jax.random.normal(k1, (6, 4, 2))
+    w = jax.random.normal(k2, (4, 2, 3))
+    mask = jax.random.bernoulli(k3, 0.5, w.shape)
+    dn = (((1, 2), (0, 1)), ((), ()))
+    dy = jax.random.normal(k3, (6, 3))
+    y, dx, dw = _vjp(lambda a, b: nm_dot_general(a, b, mask, dn), x, w, dy)
+    np.testing.assert_array_less(_rel_err(dw, jnp.einsum("tab,tf->abf", x, dy)), 1e-5)
+    np.testing.assert_array_less(_rel_err(dx, jnp.einsum("tf,abf->tab", dy, w * mask)), 1e-5)
+
+
+def test_check_grads_input_and_all_ones_mask():
+    x, w, mask, _ = _problem(t=4, d=8, f=4, dtype=jnp.float64 if jax.config.x64_enabled else None)
+    # The input gradient is the true derivative for any mask.
+    check_grads(lambda a: nm_dot_general(a, w, mask, DN), (x,), order=1, modes=["rev"])
+    # With an all-ones mask and no SR-STE the op is the dense matmul: both gradients are true.
+    ones = jnp.ones(w.shape, bool)
+    check_grads(lambda a, b: nm_dot_general(a, b, ones, DN), (x, w), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("grad_sparsity", ["mvue_1_2", "mvue_2_4", "approx_mvue_2_4"])
+def test_mvue_weight_gradient_is_unbiased(grad_sparsity, mvue_ref):
+    from jaxnm.ops.grad_prune import parse_grad_sparsity
+
+    spec = parse_grad_sparsity(grad_sparsity)
+    x, w, mask, dy = _problem(t=8, d=4, f=4, seed=1)
+    num = 20000
+
+    def dw_for(key):
+        _, pullback = jax.vjp(
+            lambda b: nm_dot_general(x, b, mask, DN, grad_sparsity=grad_sparsity, key=key), w
+        )
+        return pullback(dy)[0]
+
+    dws = jax.jit(jax.vmap(dw_for))(jax.random.split(jax.random.key(7), num))
+    dense = np.asarray(x, np.float64).T @ np.asarray(dy, np.float64)
+    # Per-entry std of the pruned dY (closed form), then Cauchy-Schwarz inside each group of m
+    # tokens (kept values of one group are dependent) and independence across groups.
+    std = mvue_ref.marginal_std(np.asarray(dy, np.float64), spec.n, spec.m, spec.method, axis=0)
+    ax = np.abs(np.asarray(x, np.float64))
+    per_group = np.einsum("gtd,gtf->gdf", ax.reshape(-1, spec.m, 4), std.reshape(-1, spec.m, 4))
+    bound = 5.0 * np.sqrt(np.sum(per_group**2, axis=0) / num)
+    err = np.abs(np.asarray(dws, np.float64).mean(0) - dense)
+    assert np.all(err <= bound), (err, bound)
+    # The estimator is really stochastic (not the dense gradient in disguise).
+    assert float(np.asarray(dws).std(0).max()) > 0.1
+
+
+def test_ragged_token_tail_stays_dense():
+    x, w, mask, dy = _problem(t=10, d=4, f=4, seed=2)
+    key = jax.random.key(5)
+    _, pullback = jax.vjp(
+        lambda b: nm_dot_general(x, b, mask, DN, grad_sparsity="mvue_2_4", key=key), w
+    )
+    head = jaxnm.mvue(dy[None, :8], 2, 4, key, axis=1)[0]
+    expected = x.T @ jnp.concatenate([head, dy[8:]], axis=0)
+    np.testing.assert_allclose(pullback(dy)[0], expected, rtol=1e-5, atol=1e-6)
+    # Fewer tokens than m: the weight gradient is dense.
+    x3, dy3 = x[:3], dy[:3]
+    _, pullback = jax.vjp(
+        lambda b: nm_dot_general(x3, b, mask, DN, grad_sparsity="mvue_2_4", key=key), w
+    )
+    np.testing.assert_allclose(pullback(dy3)[0], x3.T @ dy3, rtol=1e-5, atol=1e-6)
+
+
+def test_jit_vmap_checkpoint():
+    x, w, mask, dy = _problem()
+    key = jax.random.key(0)
+
+    def loss(w, x, key):
+        y = nm_linear(x, w, mask, grad_sparsity="mvue_2_4", key=key, srste=1e-3)
+        return jnp.sum(y * dy)
+
+    eager = jax.grad(loss)(w, x, key)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(w, x, key), eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jax.grad(jax.checkpoint(loss))(w, x, key), eager, rtol=1e-5, atol=1e-5
+    )
+    # vmap over a batch of (x, key): per-example gradients equal the unbatched ones.
+    xs = jnp.stack([x, 2 * x])
+    keys = jax.random.split(key, 2)
+    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, xs, keys)
+    for i in range(2):
+        np.testing.assert_allclose(
+            per_example[i], jax.grad(loss)(w, xs[i], keys[i]), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_bfloat16_with_float32_accumulation():
+    x, w, mask, dy = _problem(dtype=jnp.bfloat16)
+    fn = functools.partial(nm_linear, mask=mask, preferred_element_type=jnp.float32)
+    y, dx, dw = _vjp(lambda a, b: fn(a, b), x, w, dy)
+    assert y.dtype == jnp.float32 and dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+    xn, wn, mn, dyn = (
+        np.asarray(jnp.asarray(v, jnp.float32), np.float64) for v in (x, w, mask, dy)
+    )
+    np.testing.assert_array_less(_rel_err(y, xn @ (wn * mn)), 1e-5)
+    # Gradients are rounded to bfloat16 once (8 mantissa bits).
+    np.testing.assert_array_less(_rel_err(dx, dyn @ (wn * mn).T), 1e-2)
+    np.testing.assert_array_less(_rel_err(dw, xn.T @ dyn), 1e-2)
+    _, dw_mvue = jax.grad(
+        lambda a, b: jnp.sum(
+            nm_linear(
+                a,
+                b,
+                mask,
+                grad_sparsity="mvue_2_4",
+                key=jax.random.key(1),
+                preferred_element_type=jnp.float32,
+            )
+        ),
+        argnums=(0, 1),
+    )(x, w)
+    assert dw_mvue.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(dw_mvue)))
+
+
+def test_flax_dot_general_seam():
+    from flax import nnx
+
+    layer = nnx.Linear(8, 12, rngs=nnx.Rngs(0))
+    mask = jaxnm.nm_mask(layer.kernel[...], 2, 4)
+    x = jax.random.normal(jax.random.key(1), (5, 8))
+    layer.dot_general = nm_dot_general_fn(mask, grad_sparsity="mvue_1_2", key=jax.random.key(2))
+    y = layer(x)
+    np.testing.assert_allclose(y, x @ (layer.kernel[...] * mask) + layer.bias[...], rtol=1e-5)
+
+
+def test_bad_inputs():
+    x, w, mask, _ = _problem()
+    with pytest.raises(ValueError, match="`mask` must have the shape"):
+        nm_dot_general(x, w, mask[:4], DN)
+    with pytest.raises(ValueError, match="`key` is required"):
+        nm_dot_general(x, w, mask, DN, grad_sparsity="mvue_2_4")
+    with pytest.raises(ValueError, match="`key` is required"):
+        nm_dot_general_fn(mask, grad_sparsity="mvue_1_2")
+    with pytest.raises(ValueError, match="`grad_sparsity` must be None or one of"):
+        nm_dot_general(x, w, mask, DN, grad_sparsity="mvue_4_8", key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`srste` must be >= 0"):
+        nm_dot_general(x, w, mask, DN, srste=-1.0)
+    with pytest.raises(ValueError, match="`dimension_numbers`"):
+        nm_dot_general(x, w, mask, (1, 0))
+    with pytest.raises(ValueError, match="`lhs` must have a floating dtype"):
+        nm_dot_general(x.astype(jnp.int32), w, mask, DN)
+    with pytest.raises(ValueError, match="`w` must be a 2-D"):
+        nm_linear(x, w[None], mask[None])
+    with pytest.raises(ValueError, match="last axis must match"):
+        nm_linear(x[:, :4], w, mask)
