@@ -1,6 +1,7 @@
 """jaxnm: N:M fine-grained structured sparse training for JAX, optax and Flax."""
 
-from jaxnm import ops
+from jaxnm import masks, ops
+from jaxnm._masks_module import make_callable as _make_masks_callable
 from jaxnm.masks import (
     count_transposable_tiles,
     is_nm,
@@ -10,10 +11,19 @@ from jaxnm.masks import (
     transposable_mask,
 )
 from jaxnm.ops import mvue
+from jaxnm.transform import SparsifyState, apply_masks, current_masks, sparsify
+
+# `jaxnm.masks` is both the mask subpackage and `jaxnm.masks(opt_state)`.
+_make_masks_callable(masks)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SparsifyState",
+    "apply_masks",
+    "current_masks",
+    "masks",
+    "sparsify",
     "count_transposable_tiles",
     "is_nm",
     "is_transposable_nm",
