@@ -1,7 +1,8 @@
 """jaxnm: N:M fine-grained structured sparse training for JAX, optax and Flax."""
 
-from jaxnm import masks, ops
+from jaxnm import kernels, masks, ops
 from jaxnm._masks_module import make_callable as _make_masks_callable
+from jaxnm.compressed import CompressedNM, compress, decompress
 from jaxnm.masks import (
     count_transposable_tiles,
     is_nm,
@@ -19,6 +20,10 @@ _make_masks_callable(masks)
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressedNM",
+    "compress",
+    "decompress",
+    "kernels",
     "SparsifyState",
     "apply_masks",
     "current_masks",

@@ -1,0 +1,336 @@
+"""Compressed N:M storage: kept values plus bit-packed in-group indices.
+
+A weight ``w`` that is N:M along ``axis`` is stored as
+
+* ``values``: ``w``'s kept entries, ``w.shape`` with ``axis`` shrunk by ``n / m``, in ``w``'s
+  dtype. Group ``g`` (dense positions ``g*m .. g*m+m-1`` along ``axis``) owns compressed
+  positions ``g*n .. g*n+n-1``, its kept values in increasing dense position.
+* ``indices``: each kept value's position inside its group (``0 .. m-1``), bit-packed as
+  ``uint8`` **bit planes**: with ``bits = ceil(log2 m)`` (2:4 -> 2, 4:8 -> 3), the compressed
+  axis (length ``Kc = K*n/m``) is padded with zeros to a multiple of 8 and split into runs of 8
+  consecutive indices; plane ``p`` holds bit ``p`` of the 8 indices of a run in one byte, index
+  ``j`` of the run at bit ``j`` (LSB first). Array shape: ``(bits, *values.shape)`` with the
+  compressed axis replaced by ``ceil(Kc / 8)`` (it stays at ``axis``, shifted by the leading
+  plane axis). Every index costs exactly ``bits`` bits, for every ``m``.
+
+Bytes for bfloat16 2:4: values 50% + indices 2 bits / 4 dense entries = 6.25%, so 56.25% of the
+dense array; 4:8: 50% + 4.69% = 54.69%.
+
+NVIDIA 2:4 metadata (``to_nvidia_2to4`` / ``from_nvidia_2to4``): the *logical* layout of the
+sparse-MMA (``mma.sp``) / CUTLASS / cuSPARSELt metadata, before any hardware-tile reordering
+(CUTLASS's ``ColumnMajorInterleaved<2>`` shuffle of whole ``uint16`` words is not applied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnm._checks import check_floating, check_group_axis, check_nm, normalize_axis
+from jaxnm.masks.nm import from_groups, to_groups
+
+_RUN = 8  # indices per packed byte (one bit of each per plane)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressedNM:
+    """An N:M-sparse array in compressed form (a pytree: ``values`` and ``indices`` are leaves).
+
+    Attributes:
+      values: kept entries, dense ``shape`` with ``axis`` shrunk to ``shape[axis] * n // m``;
+        the dense array's dtype (float32 / bfloat16 / float16 ...).
+      indices: ``uint8`` bit planes ``(bits, ...)`` of each kept value's position in its group
+        (see the module docstring for the exact layout).
+      shape: dense shape (static).
+      n, m: the N:M pattern, keep ``n`` of every ``m`` (static).
+      axis: non-negative group axis of the dense array (static).
+    """
+
+    values: jax.Array
+    indices: jax.Array
+    shape: tuple[int, ...]
+    n: int
+    m: int
+    axis: int
+
+    @property
+    def dtype(self):
+        """Dtype of the values (and of the dense array)."""
+        return self.values.dtype
+
+    @property
+    def bits(self) -> int:
+        """Bits per stored index: ``ceil(log2(m))``."""
+        return index_bits(self.m)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of ``values`` plus ``indices``."""
+        return _nbytes(self.values) + _nbytes(self.indices)
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the equivalent dense array."""
+        return math.prod(self.shape) * jnp.dtype(self.values.dtype).itemsize
+
+
+jax.tree_util.register_dataclass(
+    CompressedNM, data_fields=["values", "indices"], meta_fields=["shape", "n", "m", "axis"]
+)
+
+
+def _nbytes(x) -> int:
+    return math.prod(jnp.shape(x)) * jnp.dtype(jnp.result_type(x)).itemsize
+
+
+def index_bits(m: int) -> int:
+    """Bits needed for an index inside a group of ``m``: ``ceil(log2(m))`` (0 for ``m == 1``)."""
+    return (m - 1).bit_length()
+
+
+def pack_indices(idx: jax.Array, bits: int, axis: int) -> jax.Array:
+    """Packs in-group indices into ``uint8`` bit planes along ``axis``.
+
+    Args:
+      idx: integer array (values' shape), entries in ``[0, 2**bits)``.
+      bits: bits per index.
+      axis: the compressed group axis of ``idx`` (non-negative).
+
+    Returns:
+      ``uint8`` array ``(bits, *idx.shape)`` with ``idx.shape[axis]`` replaced by
+      ``ceil(idx.shape[axis] / 8)``: plane ``p``, byte ``q`` has bit ``j`` set iff bit ``p``
+      of ``idx[..., 8*q + j, ...]`` is set (zero padding past the end).
+    """
+    x = jnp.moveaxis(jnp.asarray(idx).astype(jnp.uint8), axis, -1)
+    length = x.shape[-1]
+    pad = -length % _RUN
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+    x = x.reshape(*x.shape[:-1], (length + pad) // _RUN, _RUN)
+    weights = (jnp.uint8(1) << jnp.arange(_RUN, dtype=jnp.uint8)).astype(jnp.uint8)
+    planes = [jnp.sum(((x >> p) & 1) * weights, axis=-1, dtype=jnp.uint8) for p in range(bits)]
+    planes = jnp.stack(planes) if planes else jnp.zeros((0, *x.shape[:-1]), jnp.uint8)
+    return jnp.moveaxis(planes, -1, axis + 1)
+
+
+def unpack_indices(planes: jax.Array, length: int, axis: int) -> jax.Array:
+    """Inverse of :func:`pack_indices`: ``int32`` indices with ``length`` entries along ``axis``."""
+    x = jnp.moveaxis(planes, axis + 1, -1).astype(jnp.int32)  # (bits, ..., Q)
+    shifts = jnp.arange(_RUN, dtype=jnp.int32)
+    bit = (x[..., None] >> shifts) & 1  # (bits, ..., Q, 8)
+    weights = (1 << jnp.arange(x.shape[0], dtype=jnp.int32)).reshape(-1, *([1] * (bit.ndim - 1)))
+    idx = jnp.sum(bit * weights, axis=0)
+    idx = idx.reshape(*idx.shape[:-2], -1)[..., :length]
+    return jnp.moveaxis(idx, -1, axis)
+
+
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a NumPy array, or ``None`` when it is a tracer (under jit / vmap / grad)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_mask_nm(mask: np.ndarray, n: int, m: int, axis: int) -> None:
+    counts = np.sum(np.moveaxis(mask != 0, axis, -1).reshape(-1, m), axis=-1)
+    bad = np.flatnonzero(counts != n)
+    if bad.size:
+        raise ValueError(
+            f"`mask` is not {n}:{m} along axis {axis}: {bad.size} of {counts.size} groups keep a "
+            f"different number of entries than n={n} (first bad group #{bad[0]} keeps "
+            f"{counts[bad[0]]})."
+        )
+
+
+def compress(w: jax.Array, mask: jax.Array, n: int, m: int, *, axis: int = -2) -> CompressedNM:
+    """Compresses ``w * mask`` where ``mask`` is N:M along ``axis``.
+
+    Args:
+      w: floating array of any shape (float32, bfloat16, float16, ...); groups of ``m``
+        consecutive entries run along ``axis`` (default ``-2``: ``in`` of a Flax kernel).
+      mask: array of ``w``'s shape (bool or numeric, nonzero = kept), exactly ``n`` kept per
+        group, e.g. from :func:`jaxnm.nm_mask` or :func:`jaxnm.transposable_mask`.
+      n: entries kept per group (static int).
+      m: group size (static int), dividing ``w.shape[axis]``.
+      axis: the group axis.
+
+    Returns:
+      :class:`CompressedNM`; ``decompress`` of it equals ``w * mask`` exactly.
+
+    Raises:
+      ValueError: bad ``n``/``m``/``axis``, non-floating ``w``, ``mask`` of another shape, or
+        (when ``mask`` is concrete) a group that does not keep exactly ``n`` entries.
+        Under ``jit``/``vmap`` the mask cannot be inspected and is not checked: each group then
+        stores its first ``n`` kept entries in index order; a group keeping fewer stores zeros
+        for the missing ones (so ``decompress`` still gives ``w * mask``), a group keeping more
+        drops the extra ones.
+    """
+    n, m = check_nm(n, m)
+    check_floating(w)
+    shape = tuple(jnp.shape(w))
+    if tuple(jnp.shape(mask)) != shape:
+        raise ValueError(
+            f"`mask` has shape {tuple(jnp.shape(mask))} but `w` has shape {shape}; they must match."
+        )
+    axis = check_group_axis(shape, axis, m)
+    concrete = _concrete(mask)
+    if concrete is not None:
+        _check_mask_nm(concrete, n, m, axis)
+    keep = to_groups(jnp.asarray(mask) != 0, m, axis)  # (..., G, m)
+    order = jnp.argsort(~keep, axis=-1, stable=True)[..., :n]
+    pos = jnp.sort(order, axis=-1)  # (..., G, n), increasing dense position
+    wg = to_groups(jnp.asarray(w), m, axis)
+    vals = jnp.where(
+        jnp.take_along_axis(keep, pos, axis=-1), jnp.take_along_axis(wg, pos, axis=-1), 0
+    ).astype(wg.dtype)
+    values = from_groups(vals, axis)
+    indices = pack_indices(from_groups(pos, axis), index_bits(m), axis)
+    return CompressedNM(values=values, indices=indices, shape=shape, n=n, m=m, axis=axis)
+
+
+def group_indices(c: CompressedNM) -> jax.Array:
+    """In-group index of every kept value: ``int32``, ``c.values``' shape, in ``[0, m)``."""
+    return unpack_indices(c.indices, c.values.shape[c.axis], c.axis)
+
+
+def _scatter(c: CompressedNM, values: jax.Array) -> jax.Array:
+    vals = to_groups(values, c.n, c.axis)[..., None]  # (..., G, n, 1)
+    idx = to_groups(group_indices(c), c.n, c.axis)[..., None]
+    hit = idx == jnp.arange(c.m, dtype=idx.dtype)  # (..., G, n, m)
+    dense = jnp.sum(jnp.where(hit, vals, jnp.zeros((), vals.dtype)), axis=-2, dtype=vals.dtype)
+    return from_groups(dense, c.axis)
+
+
+def decompress(c: CompressedNM) -> jax.Array:
+    """Dense array of ``c.shape`` and ``c.dtype``: kept values in place, zeros elsewhere."""
+    return _scatter(c, c.values)
+
+
+def kept_mask(c: CompressedNM) -> jax.Array:
+    """Bool mask of ``c.shape``: True at the stored positions (exactly ``n`` per group)."""
+    return _scatter(c, jnp.ones(c.values.shape, jnp.bool_))
+
+
+def gather_kept(dense: jax.Array, c: CompressedNM) -> jax.Array:
+    """Entries of ``dense`` (``c.shape``) at ``c``'s kept positions: an array like ``c.values``.
+
+    Used for gradients w.r.t. the kept values: ``gather_kept(dW, c)``.
+    """
+    if tuple(jnp.shape(dense)) != tuple(c.shape):
+        raise ValueError(f"`dense` has shape {jnp.shape(dense)}, expected {tuple(c.shape)}.")
+    groups = to_groups(dense, c.m, c.axis)
+    idx = to_groups(group_indices(c), c.n, c.axis)
+    return from_groups(jnp.take_along_axis(groups, idx, axis=-1), c.axis)
+
+
+def transpose(c: CompressedNM) -> CompressedNM:
+    """Compressed ``Wᵀ`` (last two axes swapped), grouped along its axis ``-2``.
+
+    ``c`` must be grouped along its axis ``-2`` (``in`` of a ``(..., in, out)`` kernel) with a
+    transposable mask, so that ``Wᵀ`` (``(..., out, in)``) is N:M along ``out``: this is the
+    operand of the input-gradient GEMM ``dX = dY · Wᵀ``.
+
+    Raises:
+      ValueError: ``c`` grouped along another axis, or (eagerly) a mask that is not
+        transposable (``Wᵀ`` not N:M along ``out``).
+    """
+    ndim = len(c.shape)
+    if ndim < 2 or c.axis != ndim - 2:
+        raise ValueError(
+            f"`c` must be grouped along axis -2 of a rank >= 2 array to be transposed, got "
+            f"axis={c.axis} for shape {tuple(c.shape)}."
+        )
+    w_t = jnp.swapaxes(decompress(c), -1, -2)
+    mask_t = jnp.swapaxes(kept_mask(c), -1, -2)
+    return compress(w_t, mask_t, c.n, c.m, axis=-2)
+
+
+def to_nvidia_2to4(c: CompressedNM) -> tuple[jax.Array, jax.Array]:
+    """Exports a 2:4 array as NVIDIA sparse-operand values and ``uint16`` metadata.
+
+    The NVIDIA sparse operand is row-major with the 2:4 groups along its rows (the
+    contraction axis). So the group axis is moved last: for a Flax kernel ``W`` of shape
+    ``(K, N)`` grouped along ``K`` this gives the operand ``A = Wᵀ`` of ``Yᵀ = Wᵀ · Xᵀ``.
+
+    Bit order (as in PyTorch's ``_sparse_semi_structured_from_dense`` before the CUTLASS
+    reorder, and the PTX ``mma.sp`` metadata): every group of 4 uses 4 bits, the lower two
+    holding the position of its first kept value, the upper two that of its second (first <
+    second); ``uint16`` word ``q`` of a row holds groups ``4q .. 4q+3`` at bits ``[4j, 4j+4)``
+    for group ``4q+j``. No hardware-tile reordering is applied.
+
+    Args:
+      c: a 2:4 :class:`CompressedNM` whose group axis has a length divisible by 16.
+
+    Returns:
+      ``(values, metadata)``: ``values`` of shape ``(*rest, K // 2)`` (``c.dtype``) and
+      ``metadata`` ``uint16`` of shape ``(*rest, K // 16)``, where ``rest`` is ``c.shape``
+      without the group axis and ``K = c.shape[c.axis]``.
+    """
+    if (c.n, c.m) != (2, 4):
+        raise ValueError(f"NVIDIA metadata needs a 2:4 array, got n={c.n}, m={c.m}.")
+    k = c.shape[c.axis]
+    if k % 16:
+        raise ValueError(
+            f"NVIDIA metadata packs 4 groups of 4 per uint16: the group axis (size {k}) of "
+            f"shape {tuple(c.shape)} must be a multiple of 16."
+        )
+    values = jnp.moveaxis(c.values, c.axis, -1)
+    idx = jnp.moveaxis(group_indices(c), c.axis, -1).astype(jnp.uint16)
+    idx = idx.reshape(*idx.shape[:-1], k // 16, 8)  # 4 groups x 2 indices per word
+    shifts = (2 * jnp.arange(8)).astype(jnp.uint16)
+    meta = jnp.sum(idx << shifts, axis=-1, dtype=jnp.uint16)  # disjoint bits: sum == or
+    return values, meta
+
+
+def from_nvidia_2to4(values: jax.Array, metadata: jax.Array, *, axis: int = -2) -> CompressedNM:
+    """Imports NVIDIA 2:4 values and logical ``uint16`` metadata (see :func:`to_nvidia_2to4`).
+
+    Args:
+      values: ``(*rest, K // 2)`` kept values, floating.
+      metadata: ``(*rest, K // 16)`` ``uint16`` (other integer dtypes are reinterpreted
+        modulo 2**16).
+      axis: where the dense group axis goes in the result (``-2``: back to a ``(K, N)``
+        Flax kernel from ``Wᵀ``).
+
+    Returns:
+      :class:`CompressedNM` of dense shape ``rest`` with ``K`` inserted at ``axis``.
+
+    Raises:
+      ValueError: mismatched shapes, or (when concrete) a group whose two positions are not
+        strictly increasing.
+    """
+    check_floating(values, "values")
+    vshape, mshape = tuple(jnp.shape(values)), tuple(jnp.shape(metadata))
+    if len(vshape) == 0 or vshape[:-1] != mshape[:-1] or vshape[-1] != 8 * mshape[-1]:
+        raise ValueError(
+            f"`values` {vshape} and `metadata` {mshape} must have shapes (..., K // 2) and "
+            "(..., K // 16) with the same leading axes."
+        )
+    meta = jnp.asarray(metadata).astype(jnp.uint16)
+    shifts = (2 * jnp.arange(8)).astype(jnp.uint16)
+    idx = ((meta[..., None] >> shifts) & 3).astype(jnp.int32).reshape(vshape)
+    concrete = _concrete(idx)
+    if concrete is not None:
+        pairs = concrete.reshape(-1, 2)
+        bad = np.flatnonzero(pairs[:, 0] >= pairs[:, 1])
+        if bad.size:
+            raise ValueError(
+                f"`metadata` is not valid 2:4 metadata: {bad.size} groups have positions that "
+                f"are not strictly increasing (first: group #{bad[0]} with {pairs[bad[0]]})."
+            )
+    k = 2 * vshape[-1]
+    out_axis = normalize_axis(axis, len(vshape))
+    dense_shape = list(vshape[:-1])
+    dense_shape.insert(out_axis, k)
+    return CompressedNM(
+        values=jnp.moveaxis(values, -1, out_axis),
+        indices=pack_indices(jnp.moveaxis(idx, -1, out_axis), 2, out_axis),
+        shape=tuple(dense_shape),
+        n=2,
+        m=4,
+        axis=out_axis,
+    )

@@ -1,0 +1,115 @@
+"""Block (tile) sizes of the N:M matmul kernels and the per-shape rule that picks them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxnm.kernels.expand import RUN
+
+_GPU_MIN = 16  # Triton's tl.dot needs every tile dimension >= 16
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tile sizes for ``x (T, K) · W (K, N)`` with ``W`` compressed N:M along ``K``.
+
+    Attributes:
+      block_t: rows of ``x`` (tokens) per program; ``T`` is zero-padded to a multiple.
+      block_k: dense ``K`` rows per step (``block_k * n // m`` compressed rows).
+      block_n: output columns per program.
+      num_warps: Triton warps per program (GPU only).
+      num_stages: Triton software-pipelining stages of the ``K`` loop (GPU only).
+    """
+
+    block_t: int
+    block_k: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @classmethod
+    def for_shape(cls, tokens: int, k: int, n_out: int, n: int, m: int, *, backend: str):
+        """The default rule (``backend`` ``"gpu"`` or ``"tpu"``).
+
+        GPU (Triton; power-of-two tiles >= 16):
+          * ``block_t = clip(next_pow2(T), 16, 128)``;
+          * ``block_n``: 32 for ``T <= 16`` (weight-bound: more programs in flight), 64 for
+            ``T <= 64``, else 128; halved until it divides ``N``;
+          * ``block_k``: 256 for ``T <= 16`` (more weight bytes per loop step), else 64; halved
+            until it divides ``K`` and ``block_k * n // m`` is a multiple of 8 (whole index
+            bytes);
+          * ``num_warps`` 8 for 128x128 output tiles, else 4; ``num_stages`` 3 for ``T > 64``,
+            else 2.
+
+        TPU (Mosaic; block dims multiples of the (8, 128) vreg tiling or the full dim):
+          * ``block_t = min(256, round_up(T, 16))``;
+          * ``block_n``: 256, else 128, dividing ``N``; else ``N``;
+          * ``block_k``: the first of 512, 1024, 2048, 256, 128 that divides ``K`` and keeps
+            the compressed tile (``block_k * n // m`` rows) a multiple of 16 and its index
+            planes (``/ 8`` rows) a multiple of 32 (uint8 tiling); else ``K``.
+        """
+        if backend == "gpu":
+            return _gpu_rule(tokens, k, n_out, n, m)
+        if backend == "tpu":
+            return _tpu_rule(tokens, k, n_out, n, m)
+        raise ValueError(f"`backend` (={backend!r}) must be 'gpu' or 'tpu' for block sizes.")
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _gpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
+    block_t = min(128, max(_GPU_MIN, _next_pow2(tokens)))
+    block_n = 32 if tokens <= 16 else 64 if tokens <= 64 else 128
+    while block_n > _GPU_MIN and n_out % block_n:
+        block_n //= 2
+    block_k = 256 if tokens <= 16 else 64
+    while block_k > _GPU_MIN and (k % block_k or (block_k * n // m) % RUN):
+        block_k //= 2
+    big = block_t * block_n >= 128 * 128
+    return BlockSizes(
+        block_t=block_t,
+        block_k=block_k,
+        block_n=block_n,
+        num_warps=8 if big else 4,
+        num_stages=3 if tokens > 64 else 2,
+    )
+
+
+def _tpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
+    block_t = min(256, -(-tokens // 16) * 16)
+    block_n = next((b for b in (256, 128) if n_out % b == 0), n_out)
+    block_k = next((b for b in (512, 1024, 2048, 256, 128) if _tpu_k_ok(b, k, n, m)), k)
+    return BlockSizes(block_t=block_t, block_k=block_k, block_n=block_n)
+
+
+def _tpu_k_ok(block_k: int, k: int, n: int, m: int) -> bool:
+    rows = block_k * n // m
+    return k % block_k == 0 and rows % 16 == 0 and (rows // RUN) % 32 == 0
+
+
+def check_block_sizes(block: BlockSizes, k: int, n_out: int, n: int, m: int, backend: str) -> None:
+    """Raises ``ValueError`` unless ``block`` tiles a ``(K, N)`` weight for ``backend``."""
+    if not isinstance(block, BlockSizes):
+        raise TypeError(f"`block_sizes` must be a BlockSizes, got {type(block).__name__}.")
+    problems = []
+    if min(block.block_t, block.block_k, block.block_n) <= 0:
+        problems.append("sizes must be positive")
+    if k % block.block_k or block.block_k % m or (block.block_k * n // m) % RUN:
+        problems.append(
+            f"block_k must divide K={k}, be a multiple of m={m}, and block_k*n/m must be a "
+            f"multiple of {RUN}"
+        )
+    if n_out % block.block_n:
+        problems.append(f"block_n must divide N={n_out}")
+    if backend == "gpu":
+        dims = (block.block_t, block.block_k, block.block_n)
+        if any(d < _GPU_MIN or d & (d - 1) for d in dims):
+            problems.append(f"GPU tiles must be powers of two >= {_GPU_MIN}")
+    if problems:
+        raise ValueError(
+            f"`block_sizes` (={block}) invalid for K={k}, N={n_out}, {n}:{m}: "
+            + "; ".join(problems)
+            + "."
+        )

@@ -1,0 +1,58 @@
+"""Argument checks and buffer helpers shared by the Pallas N:M matmul kernels."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxnm.compressed import CompressedNM
+from jaxnm.kernels.expand import RUN
+
+_KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
+def check_operands(x: jax.Array, c: CompressedNM) -> None:
+    """Raises unless ``x (..., K)`` and ``c`` (a 2-D ``(K, N)`` weight grouped along ``K``) fit."""
+    if not isinstance(c, CompressedNM):
+        raise TypeError(f"`c` must be a jaxnm.CompressedNM, got {type(c).__name__}.")
+    if len(c.shape) != 2 or c.axis != 0:
+        raise ValueError(
+            "`c` must be a 2-D (K, N) weight grouped along K (axis 0, i.e. -2), got shape "
+            f"{tuple(c.shape)} with axis={c.axis}."
+        )
+    if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != c.shape[0]:
+        raise ValueError(
+            f"`x` has shape {jnp.shape(x)}: its last axis must equal K={c.shape[0]} of `c` "
+            f"(dense shape {tuple(c.shape)})."
+        )
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(f"`x` must have a floating dtype, got {jnp.result_type(x)}.")
+
+
+def kernel_support(x: jax.Array, c: CompressedNM) -> str | None:
+    """Why the Pallas kernels cannot take ``(x, c)``, or ``None`` when they can."""
+    n, m = c.n, c.m
+    if m < 2 or m & (m - 1) or n & (n - 1):
+        return f"n={n} and m={m} must be powers of two with m >= 2"
+    if (c.shape[0] * n // m) % RUN:
+        return f"K*n/m (={c.shape[0] * n // m}) must be a multiple of {RUN}"
+    dtype = jnp.result_type(x, c.dtype)
+    if dtype not in _KERNEL_DTYPES:
+        return f"dtype {dtype} is not one of float32, bfloat16, float16"
+    return None
+
+
+def round_up(x: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is ``>= x``."""
+    return -(-x // multiple) * multiple
+
+
+def pad_rows(x: jax.Array, rows: int) -> jax.Array:
+    """Zero-pads axis 0 of ``x`` to ``rows`` rows."""
+    return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def poison(shape: tuple[int, ...], dtype) -> jax.Array:
+    """A NaN-filled buffer: passed as the kernel's aliased output, any tile the kernel does not
+    write stays NaN (a debugging / testing aid)."""
+    return jnp.full(shape, jnp.nan, dtype)

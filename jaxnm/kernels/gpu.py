@@ -1,0 +1,118 @@
+"""Pallas GPU (Triton backend) kernel for ``x · W`` with ``W`` compressed N:M along ``K``.
+
+Each program owns a ``(block_t, block_n)`` output tile and loops over ``K``: it loads a
+``(block_t, block_k)`` slice of ``x``, the matching ``(block_k * n // m, block_n)`` tile of kept
+values and its ``bits`` index planes ``(block_k * n // m // 8, block_n)``, expands them in
+registers into the dense ``(block_k, block_n)`` weight tile (:func:`expand_tile`, a one-hot
+select over the ``m`` positions of each group) and accumulates ``tl.dot`` in float32. So only
+the compressed bytes travel from HBM: 56.25% of dense for bfloat16 2:4. Dense tensor-core MMA
+is used; Hopper's sparse MMA is not reachable from Pallas.
+
+jax 0.10 routes ``pallas_call`` on GPU to Mosaic GPU by default; the explicit Triton
+``CompilerParams`` here select the Triton backend.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from jaxnm.compressed import CompressedNM
+from jaxnm.kernels.blocks import BlockSizes, check_block_sizes
+from jaxnm.kernels.common import check_operands, kernel_support, pad_rows, poison, round_up
+from jaxnm.kernels.expand import RUN, expand_tile
+
+
+def _kernel(x_ref, v_ref, p_ref, *refs, n, m, bits, block_k, num_k, compute_dtype):
+    o_ref = refs[-1]  # refs[:-1]: the aliased (poisoned) output, never read
+    rows = block_k * n // m
+    precision = lax.Precision.HIGHEST if compute_dtype == jnp.float32 else None
+
+    def body(kb, acc):
+        x = x_ref[:, pl.ds(kb * block_k, block_k)].astype(compute_dtype)
+        vals = v_ref[pl.ds(kb * rows, rows), :]
+        planes = [p_ref[p, pl.ds(kb * (rows // RUN), rows // RUN), :] for p in range(bits)]
+        w = expand_tile(vals, planes, n, m).astype(compute_dtype)
+        return acc + jnp.dot(x, w, precision=precision, preferred_element_type=jnp.float32)
+
+    acc = jnp.zeros(o_ref.shape, jnp.float32)
+    acc = lax.fori_loop(0, num_k, body, acc)
+    o_ref[...] = acc.astype(o_ref.dtype)
+
+
+def nm_matmul_gpu(
+    x: jax.Array,
+    c: CompressedNM,
+    *,
+    block_sizes: BlockSizes | None = None,
+    interpret: bool = False,
+    poison_output: bool = False,
+) -> jax.Array:
+    """``x · W`` on the Pallas Triton GPU backend (no autodiff: use ``nm_matmul``).
+
+    Args:
+      x: ``(T, K)`` float32 / bfloat16 / float16 activations; any ``T`` (zero-padded to a
+        multiple of ``block_t``, then sliced).
+      c: 2-D :class:`~jaxnm.CompressedNM` of ``W (K, N)``, N:M along ``K`` (axis 0), ``n`` and
+        ``m`` powers of two, ``K * n / m`` a multiple of 8.
+      block_sizes: tiles; default :meth:`BlockSizes.for_shape` with ``backend="gpu"``.
+      interpret: run with Pallas' interpreter (on CPU).
+      poison_output: start from a NaN-filled output buffer (aliased into the kernel), so any
+        tile the kernel fails to write shows up as NaN. For tests.
+
+    Returns:
+      ``(T, N)`` in ``result_type(x, c.dtype)``, float32 accumulation.
+    """
+    check_operands(x, c)
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"`x` must be 2-D (T, K) for the GPU kernel, got shape {jnp.shape(x)}.")
+    why = kernel_support(x, c)
+    if why:
+        raise ValueError(f"The GPU N:M kernel does not support this input: {why}.")
+    (tokens, k), n_out = x.shape, c.shape[1]
+    block = block_sizes or BlockSizes.for_shape(tokens, k, n_out, c.n, c.m, backend="gpu")
+    check_block_sizes(block, k, n_out, c.n, c.m, "gpu")
+    bt, bk, bn = block.block_t, block.block_k, block.block_n
+    padded = round_up(tokens, bt)
+    out_dtype = jnp.result_type(x, c.dtype)
+    kc, planes_rows = c.values.shape[0], c.indices.shape[1]
+    in_specs = [
+        pl.BlockSpec((bt, k), lambda i, j: (i, 0)),
+        pl.BlockSpec((kc, bn), lambda i, j: (0, j)),
+        pl.BlockSpec((c.bits, planes_rows, bn), lambda i, j: (0, 0, j)),
+    ]
+    out_spec = pl.BlockSpec((bt, bn), lambda i, j: (i, j))
+    args = [pad_rows(x, padded), c.values, c.indices]
+    aliases = {}
+    if poison_output:
+        in_specs.append(out_spec)
+        args.append(poison((padded, n_out), out_dtype))
+        aliases = {3: 0}
+    kernel = functools.partial(
+        _kernel,
+        n=c.n,
+        m=c.m,
+        bits=c.bits,
+        block_k=bk,
+        num_k=k // bk,
+        compute_dtype=out_dtype,
+    )
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((padded, n_out), out_dtype),
+        grid=(padded // bt, n_out // bn),
+        in_specs=in_specs,
+        out_specs=out_spec,
+        input_output_aliases=aliases,
+        compiler_params=pltriton.CompilerParams(
+            num_warps=block.num_warps, num_stages=block.num_stages
+        ),
+        interpret=interpret,
+        name="nm_matmul_gpu",
+    )(*args)
+    return out[:tokens]

@@ -1,0 +1,149 @@
+"""``nm_matmul``: ``x · W`` for a compressed N:M weight, with backend dispatch and a custom VJP."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxnm.compressed import CompressedNM, decompress, gather_kept
+from jaxnm.kernels.blocks import BlockSizes
+from jaxnm.kernels.common import check_operands, kernel_support
+from jaxnm.kernels.gpu import nm_matmul_gpu
+from jaxnm.kernels.reference import nm_matmul_reference
+from jaxnm.kernels.tpu import nm_matmul_tpu
+
+_BACKENDS = ("xla", "gpu", "tpu")
+_PLATFORM_TO_BACKEND = {"gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    backend: str
+    interpret: bool
+    block_sizes: BlockSizes | None
+
+
+def select_backend(x: jax.Array, c: CompressedNM, backend: str | None, interpret: bool) -> str:
+    """The backend ``nm_matmul`` uses for ``(x, c)``.
+
+    ``None`` picks from ``jax.default_backend()``: the Pallas GPU kernel on GPU, the TPU
+    kernel on TPU when the kernels support the input (``n``, ``m`` powers of two, ``m >= 2``,
+    ``K*n/m`` a multiple of 8, float32/bfloat16/float16), else ``"xla"``. An explicit
+    ``"gpu"`` / ``"tpu"`` raises instead of falling back, and needs that device or
+    ``interpret=True``.
+    """
+    if backend is None:
+        chosen = _PLATFORM_TO_BACKEND.get(jax.default_backend(), "xla")
+        return "xla" if chosen != "xla" and kernel_support(x, c) else chosen
+    if backend not in _BACKENDS:
+        raise ValueError(f"`backend` (={backend!r}) must be None or one of {_BACKENDS}.")
+    if backend == "xla":
+        return backend
+    why = kernel_support(x, c)
+    if why:
+        raise ValueError(f"`backend={backend!r}`: the Pallas kernel does not support this: {why}.")
+    platform = jax.default_backend()
+    if not interpret and _PLATFORM_TO_BACKEND.get(platform) != backend:
+        raise ValueError(
+            f"`backend={backend!r}` needs a {backend.upper()} device, but jax.default_backend() "
+            f"is {platform!r}; pass interpret=True to run the kernel in Pallas' interpreter."
+        )
+    return backend
+
+
+def _apply(cfg: _Config, x: jax.Array, c: CompressedNM) -> jax.Array:
+    """Forward on 2-D ``x (T, K)``."""
+    if cfg.backend == "gpu":
+        return nm_matmul_gpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
+    if cfg.backend == "tpu":
+        return nm_matmul_tpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
+    return nm_matmul_reference(x, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _nm_matmul(cfg: _Config, x, c, c_t):
+    del c_t
+    return _apply(cfg, x, c)
+
+
+def _fwd(cfg, x, c, c_t):
+    return _apply(cfg, x, c), (x, c, c_t)
+
+
+def _bwd(cfg, res, dy):
+    x, c, c_t = res
+    if c_t is not None:
+        # dX = dY · Wᵀ with the compressed transpose, through the same kernel (block sizes
+        # re-chosen: the shape differs).
+        dx = _apply(dataclasses.replace(cfg, block_sizes=None), dy.astype(x.dtype), c_t)
+    else:
+        w = decompress(c).astype(dy.dtype)
+        dx = jnp.dot(dy, w.T, preferred_element_type=jnp.float32)
+    dw = jnp.dot(x.T.astype(dy.dtype), dy, preferred_element_type=jnp.float32)
+    dc = dataclasses.replace(c, values=gather_kept(dw, c).astype(c.dtype), indices=None)
+    return dx.astype(x.dtype), dc, None
+
+
+_nm_matmul.defvjp(_fwd, _bwd)
+
+
+def nm_matmul(
+    x: jax.Array,
+    c: CompressedNM,
+    *,
+    c_t: CompressedNM | None = None,
+    backend: str | None = None,
+    interpret: bool = False,
+    block_sizes: BlockSizes | None = None,
+) -> jax.Array:
+    """``x · W`` for a weight ``W (K, N)`` stored compressed N:M along ``K``.
+
+    Backends: ``"gpu"`` (Pallas Triton kernel), ``"tpu"`` (Pallas Mosaic TPU kernel), ``"xla"``
+    (:func:`nm_matmul_reference`: decompress + one XLA dot; the CPU default). ``None`` chooses
+    from ``jax.default_backend()`` (see :func:`select_backend`). All accumulate in float32.
+
+    Differentiable (``jax.custom_vjp``; Pallas calls have no autodiff of their own):
+
+    * ``dx = dy · Wᵀ``: with ``c_t`` (the compressed ``Wᵀ``, e.g.
+      ``jaxnm.compressed.transpose(c)``, which needs a transposable mask) this runs through the
+      same N:M kernel; without it, through XLA (decompress + dense dot).
+    * ``c.values`` gets the gradient of the kept values, ``(xᵀ · dy)`` at the kept positions
+      (dense XLA GEMM, then gathered): the sparsity pattern is fixed. ``c.indices`` and
+      ``c_t`` get zero cotangents, so after updating ``c.values`` rebuild ``c_t`` from ``c``.
+
+    Args:
+      x: ``(..., K)`` float32 / bfloat16 / float16; leading axes are flattened into tokens
+        (any count: kernels pad to their block and slice).
+      c: 2-D :class:`~jaxnm.CompressedNM` of ``W (K, N)`` grouped along ``K`` (axis ``-2``).
+      c_t: optional 2-D :class:`~jaxnm.CompressedNM` of ``Wᵀ (N, K)`` grouped along ``N``.
+        It must hold the same matrix (not checked).
+      backend: ``None``, ``"xla"``, ``"gpu"`` or ``"tpu"``.
+      interpret: run the Pallas kernel in interpret mode (CPU testing).
+      block_sizes: kernel tiles; default per shape (:meth:`BlockSizes.for_shape`).
+
+    Returns:
+      ``(..., N)`` in ``result_type(x, c.dtype)``.
+
+    Raises:
+      ValueError / TypeError: mismatched shapes, ``c`` not 2-D or not grouped along ``K``, a
+        kernel backend that cannot run here or does not support the input.
+    """
+    check_operands(x, c)
+    k, n_out = c.shape
+    if c_t is not None:
+        if not isinstance(c_t, CompressedNM) or tuple(c_t.shape) != (n_out, k) or c_t.axis != 0:
+            raise ValueError(
+                f"`c_t` must be a CompressedNM of Wᵀ, shape {(n_out, k)} grouped along axis 0, "
+                f"got {c_t if not isinstance(c_t, CompressedNM) else (c_t.shape, c_t.axis)}."
+            )
+    lead = jnp.shape(x)[:-1]
+    x2 = jnp.reshape(x, (-1, k))
+    chosen = select_backend(x2, c, backend, interpret)
+    if chosen != "xla" and c_t is not None:
+        select_backend(x2, c_t, chosen, interpret)  # the transpose must fit the kernel too
+    cfg = _Config(backend=chosen, interpret=bool(interpret), block_sizes=block_sizes)
+    y = _nm_matmul(cfg, x2, c, c_t)
+    return y.reshape(*lead, n_out)
