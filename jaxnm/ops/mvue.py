@@ -197,8 +197,9 @@ def _exact_2_4(a, u):
 def approx_2_4_inclusion(b: list[jax.Array]) -> list[jax.Array]:
     """Inclusion probabilities of the two-step draw (first ``∝ b``, second ``∝ b`` among rest).
 
-    ``π_k = (b_k / S)·(1 + Σ_{l≠k} b_l / r_l)`` with ``r_l = S − b_l`` summed directly from the
-    other entries (no cancellation); terms with ``r_l = 0`` vanish.
+    ``π_k = b_k / S + Σ_{l≠k} (b_l / S)·(b_k / r_l)`` with ``r_l = S − b_l`` summed directly
+    from the other entries. Every factor lies in ``[0, 1]`` (``b_k <= r_l`` for ``k ≠ l``), so
+    nothing overflows or cancels; terms with ``r_l = 0`` vanish.
 
     Args:
       b: four non-negative arrays of one shape, the magnitudes of a group's entries.
@@ -208,13 +209,14 @@ def approx_2_4_inclusion(b: list[jax.Array]) -> list[jax.Array]:
       fewer than two nonzero entries).
     """
     s = b[0] + b[1] + b[2] + b[3]
-    t = []
-    for i in range(4):
-        r = sum(b[j] for j in range(4) if j != i)
-        t.append(jnp.where(r > 0, b[i] / jnp.where(r > 0, r, 1), 0))
-    total = t[0] + t[1] + t[2] + t[3]
-    safe_s = jnp.where(s > 0, s, 1)
-    return [jnp.where(s > 0, b[k] / safe_s * (1 + total - t[k]), 0) for k in range(4)]
+    first = [bi / jnp.where(s > 0, s, 1) for bi in b]
+    rest = [sum(b[j] for j in range(4) if j != i) for i in range(4)]
+    safe_rest = [jnp.where(r > 0, r, 1) for r in rest]
+    probs = []
+    for k in range(4):
+        second = sum(first[i] * (b[k] / safe_rest[i]) for i in range(4) if i != k)
+        probs.append(jnp.minimum(first[k] + second, 1))
+    return probs
 
 
 def _approx_2_4(a, u1, u2):
