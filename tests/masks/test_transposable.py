@@ -1,0 +1,172 @@
+"""Properties every transposable-mask method must have (iterates over all registered methods)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxnm
+from jaxnm.masks import exhaustive
+from jaxnm.masks.transposable import _solvers
+
+METHODS = sorted(_solvers())
+NM = [(1, 2), (2, 4), (4, 8), (2, 8), (8, 16)]
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+
+
+def allowed(method, n, m):
+    return method != "exhaustive" or exhaustive.pattern_count_at_most(n, m, exhaustive.MAX_PATTERNS)
+
+
+def tile_counts(mask, m):
+    """Numpy reference: per-tile row and column counts of ``mask (..., R, C)``."""
+    mask = np.asarray(mask)
+    *lead, rows, cols = mask.shape
+    tiles = mask.reshape(*lead, rows // m, m, cols // m, m)
+    return tiles.sum(axis=-1), tiles.sum(axis=-3)
+
+
+def assert_valid(mask, shape, n, m):
+    assert mask.shape == shape and mask.dtype == jnp.bool_
+    row_counts, col_counts = tile_counts(mask, m)
+    np.testing.assert_array_equal(row_counts, n)
+    np.testing.assert_array_equal(col_counts, n)
+    assert bool(jaxnm.is_transposable_nm(mask, n, m))
+
+
+def make_weights(rng, shape, kind, dtype):
+    """Random weights of a given flavour: plain, tied (integers / all equal), non-finite."""
+    if kind == "normal":
+        w = rng.standard_normal(shape)
+    elif kind == "integers":
+        w = rng.integers(-3, 4, shape).astype(float)
+    elif kind == "equal":
+        w = np.full(shape, 0.5)
+    else:  # "nonfinite": normal with NaN, +inf, -inf sprinkled in
+        w = rng.standard_normal(shape)
+        u = rng.random(shape)
+        w[u < 0.15] = np.nan
+        w[(u >= 0.15) & (u < 0.25)] = np.inf
+        w[(u >= 0.25) & (u < 0.3)] = -np.inf
+    return jnp.asarray(w, dtype)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=12)
+@given(
+    nm=st.sampled_from(NM),
+    lead=st.lists(st.integers(1, 2), max_size=2),
+    tiles=st.tuples(st.integers(1, 2), st.integers(1, 3)),
+    dtype=st.sampled_from(DTYPES),
+    kind=st.sampled_from(["normal", "integers", "equal", "nonfinite"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_every_mask_is_valid(method, nm, lead, tiles, dtype, kind, seed):
+    n, m = nm
+    if not allowed(method, n, m):
+        return
+    shape = (*lead, tiles[0] * m, tiles[1] * m)
+    w = make_weights(np.random.default_rng(seed), shape, kind, dtype)
+    assert_valid(jaxnm.transposable_mask(w, n, m, method=method), shape, n, m)
+
+
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8)])
+def test_jit_vmap_eager_identical_and_deterministic(method, n, m):
+    if not allowed(method, n, m):
+        pytest.skip("exhaustive is not allowed for this n:m")
+    w = make_weights(np.random.default_rng(0), (3, 2 * m, 3 * m), "normal", jnp.float32)
+
+    def f(x):
+        return jaxnm.transposable_mask(x, n, m, method=method)
+
+    eager = f(w)
+    assert_valid(eager, w.shape, n, m)
+    np.testing.assert_array_equal(f(w), eager)
+    np.testing.assert_array_equal(jax.jit(f)(w), eager)
+    np.testing.assert_array_equal(jax.vmap(f)(w), eager)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(f))(w), eager)
+    # vmap over an axis that is not the leading one.
+    w4 = w.reshape(3, 2, m, 3 * m)
+    per_slice = jax.vmap(f, in_axes=1, out_axes=1)(w4)
+    np.testing.assert_array_equal(per_slice, f(w4))
+
+
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+def test_ties_are_deterministic(method):
+    n, m = 2, 4
+    w = make_weights(np.random.default_rng(1), (2, 8, 8), "integers", jnp.float32)
+    first = jaxnm.transposable_mask(w, n, m, method=method)
+    np.testing.assert_array_equal(jaxnm.transposable_mask(w, n, m, method=method), first)
+    np.testing.assert_array_equal(
+        jax.jit(lambda x: jaxnm.transposable_mask(x, n, m, method=method))(w), first
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n, m", [(1, 2), (2, 4), (4, 8)])
+def test_inf_pattern_is_kept(method, n, m):
+    """A tile whose +inf entries form a full pattern must return exactly that pattern."""
+    if not allowed(method, n, m):
+        pytest.skip("exhaustive is not allowed for this n:m")
+    rng = np.random.default_rng(2)
+    cols = (np.arange(m)[:, None] + np.arange(n)[None, :] + 1) % m  # circulant pattern
+    pattern = np.zeros((m, m), bool)
+    np.put_along_axis(pattern, cols, True, axis=1)
+    pattern = pattern[rng.permutation(m)]
+    w = np.where(pattern, -np.inf, rng.standard_normal((m, m)) * 10)
+    mask = jaxnm.transposable_mask(jnp.asarray(w, jnp.float32), n, m, method=method)
+    np.testing.assert_array_equal(mask, pattern)
+
+
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+def test_all_nan_and_all_inf_tiles(method):
+    w = jnp.stack([jnp.full((4, 4), jnp.nan), jnp.full((4, 4), jnp.inf)])
+    assert_valid(jaxnm.transposable_mask(w, 2, 4, method=method), w.shape, 2, 4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_batch(method):
+    w = jnp.zeros((0, 4, 8))
+    mask = jaxnm.transposable_mask(w, 2, 4, method=method)
+    assert mask.shape == w.shape and mask.dtype == jnp.bool_
+
+
+def test_auto_uses_exhaustive_when_cheap_and_greedy_otherwise():
+    w = make_weights(np.random.default_rng(3), (8, 16), "normal", jnp.float32)
+    np.testing.assert_array_equal(
+        jaxnm.transposable_mask(w, 2, 4), jaxnm.transposable_mask(w, 2, 4, method="exhaustive")
+    )
+    np.testing.assert_array_equal(
+        jaxnm.transposable_mask(w, 4, 8), jaxnm.transposable_mask(w, 4, 8, method="greedy")
+    )
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: jaxnm.transposable_mask(jnp.ones((8, 8), jnp.int32), 2, 4), r"floating.*\(8, 8\)"),
+        (lambda: jaxnm.transposable_mask(jnp.ones((8, 8)), 0, 4), "`n` \\(=0\\)"),
+        (lambda: jaxnm.transposable_mask(jnp.ones((8, 8)), -1, 4), "`n` \\(=-1\\)"),
+        (lambda: jaxnm.transposable_mask(jnp.ones((8, 8)), 5, 4), "`n` \\(=5\\).*m=4"),
+        (lambda: jaxnm.transposable_mask(jnp.ones((6, 8)), 2, 4), r"\(6, 8\).*multiples of m=4"),
+        (lambda: jaxnm.transposable_mask(jnp.ones((8, 6)), 2, 4), r"\(8, 6\).*multiples of m=4"),
+        (lambda: jaxnm.transposable_mask(jnp.ones((8,)), 2, 4), r"\(8,\).*rank >= 2"),
+        (lambda: jaxnm.transposable_mask(jnp.ones((8, 8)), 2, 4, method="ilp"), "'ilp'"),
+        (
+            lambda: jaxnm.transposable_mask(jnp.ones((8, 8)), 4, 8, method="exhaustive"),
+            "exhaustive.*4:8",
+        ),
+        (lambda: jaxnm.is_transposable_nm(jnp.ones((6, 8)), 2, 4), r"\(6, 8\)"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_non_int_n_is_type_error():
+    with pytest.raises(TypeError, match="`n`"):
+        jaxnm.transposable_mask(jnp.ones((8, 8)), 2.0, 4)
