@@ -2,6 +2,7 @@
 
 from jaxnm.ops.grad_prune import GRAD_SPARSITY, GradSparsity, parse_grad_sparsity
 from jaxnm.ops.mvue import mvue, mvue_with_mask
+from jaxnm.ops.nm_conv import nm_conv, nm_conv_fn
 from jaxnm.ops.nm_dot_general import nm_dot_general, nm_dot_general_fn, nm_linear
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "GradSparsity",
     "mvue",
     "mvue_with_mask",
+    "nm_conv",
+    "nm_conv_fn",
     "nm_dot_general",
     "nm_dot_general_fn",
     "nm_linear",

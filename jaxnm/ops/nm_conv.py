@@ -1,0 +1,232 @@
+"""N:M convolution for training over ``lax.conv_general_dilated`` (Flax HWIO kernels).
+
+Forward ``Y = conv(lhs, rhs ⊙ mask)``. Backward (``jax.custom_vjp``), as for
+:func:`jaxnm.ops.nm_dot_general`:
+
+* input gradient: the transpose of the convolution with the masked kernel;
+* kernel gradient: the transpose of the convolution w.r.t. the kernel applied to
+  ``prune(dY)``, straight through to the dense kernel, plus ``srste·(1 − mask) ⊙ rhs``;
+  ``prune`` is MVUE in groups of ``m`` consecutive output positions along the row-major
+  flattening of all non-feature output axes (``N·H·W`` for ``NHWC``), per output channel; a
+  ragged tail of ``N·H·W mod m`` positions stays dense;
+* no gradient to ``mask``, ``key`` or ``srste``.
+
+For a Flax Conv kernel ``(kh, kw, in, out)`` the N:M mask groups run along ``in`` (axis -2).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnm._checks import check_floating
+from jaxnm.ops.grad_prune import (
+    GradSparsity,
+    check_grad_key,
+    parse_grad_sparsity,
+    prune_tokens,
+)
+from jaxnm.ops.nm_dot_general import _check_mask, _check_srste, apply_mask, srste_term
+
+
+class _ConvConfig(NamedTuple):
+    """Static (hashable) settings of one :func:`nm_conv` call."""
+
+    window_strides: tuple
+    padding: Any  # a string or a tuple of (low, high) pairs
+    lhs_dilation: tuple | None
+    rhs_dilation: tuple | None
+    dimension_numbers: lax.ConvDimensionNumbers
+    feature_group_count: int
+    precision: Any
+    preferred_element_type: Any
+    spec: GradSparsity | None
+    use_srste: bool
+
+
+def nm_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    mask: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    *,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    grad_sparsity: str | None = None,
+    key: jax.Array | None = None,
+    srste: float | jax.Array = 0.0,
+) -> jax.Array:
+    """``lax.conv_general_dilated(lhs, rhs ⊙ mask, ...)`` with the N:M training backward pass.
+
+    Args:
+      lhs: input, floating, e.g. ``(N, H, W, C_in)`` for ``NHWC``.
+      rhs: kernel, floating, e.g. ``(kh, kw, C_in / feature_group_count, C_out)`` for ``HWIO``
+        (Flax layout). Receives the dense straight-through gradient.
+      mask: array of ``rhs``'s shape, bool or numeric; typically N:M along ``in`` (axis -2 of
+        an HWIO kernel), or transposable N:M over ``(in, out)``. Gets no gradient.
+      window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count, precision,
+        preferred_element_type: as for ``lax.conv_general_dilated``.
+      dimension_numbers: as for ``lax.conv_general_dilated``: layout strings
+        (default Flax's ``("NHWC", "HWIO", "NHWC")``, any spatial rank) or a
+        ``lax.ConvDimensionNumbers``.
+      grad_sparsity: ``None``, ``"mvue_1_2"``, ``"mvue_2_4"`` or ``"approx_mvue_2_4"``: prune
+        ``dY`` along the flattened batch·spatial output positions before the kernel gradient.
+      key: PRNG key, required when ``grad_sparsity`` is set. Fold in the step and layer id.
+      srste: SR-STE weight ``λ >= 0``; adds ``λ·(1 − mask) ⊙ rhs`` to the kernel gradient.
+
+    Returns:
+      The convolution output in the layout of ``dimension_numbers[2]``.
+
+    Raises:
+      ValueError: ``mask.shape != rhs.shape``, non-floating operands, an unknown
+        ``grad_sparsity``, ``grad_sparsity`` without ``key``, or a negative ``srste``.
+    """
+    check_floating(lhs, "lhs")
+    check_floating(rhs, "rhs")
+    _check_mask(mask, rhs)
+    mask = jnp.asarray(mask)
+    spec = parse_grad_sparsity(grad_sparsity)
+    check_grad_key(spec, key)
+    use_srste = _check_srste(srste)
+    cfg = _ConvConfig(
+        window_strides=tuple(int(s) for s in window_strides),
+        padding=padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),
+        lhs_dilation=None if lhs_dilation is None else tuple(lhs_dilation),
+        rhs_dilation=None if rhs_dilation is None else tuple(rhs_dilation),
+        dimension_numbers=lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers),
+        feature_group_count=int(feature_group_count),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        spec=spec,
+        use_srste=use_srste,
+    )
+    return _nm_conv(
+        cfg,
+        lhs,
+        rhs,
+        mask,
+        key if spec is not None else None,
+        jnp.asarray(srste, jnp.float32) if use_srste else None,
+    )
+
+
+def nm_conv_fn(
+    mask: jax.Array,
+    *,
+    grad_sparsity: str | None = None,
+    key: jax.Array | None = None,
+    srste: float | jax.Array = 0.0,
+) -> Callable[..., jax.Array]:
+    """Closes :func:`nm_conv` over a mask and key, for Flax ``conv_general_dilated=`` seams.
+
+    Flax ``nnx.Conv`` and ``linen.Conv`` call ``conv_general_dilated(inputs, kernel, strides,
+    padding, lhs_dilation=..., rhs_dilation=..., dimension_numbers=...,
+    feature_group_count=..., precision=..., [preferred_element_type=..., out_sharding=...])``;
+    the returned function accepts exactly that.
+
+    Args:
+      mask: mask of the kernel's shape.
+      grad_sparsity, key, srste: see :func:`nm_conv`.
+
+    Returns:
+      A drop-in replacement for ``lax.conv_general_dilated`` (``batch_group_count`` must be 1
+      and ``out_sharding`` None).
+    """
+    check_grad_key(parse_grad_sparsity(grad_sparsity), key)
+
+    def conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=None,
+        rhs_dilation=None,
+        dimension_numbers=None,
+        feature_group_count=1,
+        batch_group_count=1,
+        precision=None,
+        preferred_element_type=None,
+        out_sharding=None,
+    ):
+        if batch_group_count != 1:
+            raise ValueError(f"`batch_group_count` must be 1, got {batch_group_count}.")
+        if out_sharding is not None:
+            raise ValueError(f"`out_sharding` is not supported, got {out_sharding!r}.")
+        return nm_conv(
+            lhs,
+            rhs,
+            mask,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            grad_sparsity=grad_sparsity,
+            key=key,
+            srste=srste,
+        )
+
+    return conv_general_dilated
+
+
+def _conv(cfg: _ConvConfig, lhs, rhs):
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        cfg.window_strides,
+        cfg.padding,
+        lhs_dilation=cfg.lhs_dilation,
+        rhs_dilation=cfg.rhs_dilation,
+        dimension_numbers=cfg.dimension_numbers,
+        feature_group_count=cfg.feature_group_count,
+        precision=cfg.precision,
+        preferred_element_type=cfg.preferred_element_type,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _nm_conv(cfg, lhs, rhs, mask, key, srste):
+    del key, srste
+    return _conv(cfg, lhs, apply_mask(rhs, mask))
+
+
+def _nm_conv_fwd(cfg, lhs, rhs, mask, key, srste):
+    return _conv(cfg, lhs, apply_mask(rhs, mask)), (lhs, rhs, mask, key, srste)
+
+
+def _nm_conv_bwd(cfg, res, g):
+    lhs, rhs, mask, key, srste = res
+    w_eff = apply_mask(rhs, mask)
+    (dlhs,) = jax.linear_transpose(lambda x: _conv(cfg, x, w_eff), lhs)(g)
+    if cfg.spec is not None:
+        g = _prune_conv_output(g, cfg, key)
+    (drhs,) = jax.linear_transpose(lambda w: _conv(cfg, lhs, w), rhs)(g)
+    if cfg.use_srste:
+        drhs = drhs + srste_term(rhs, mask, srste)
+    return dlhs, drhs, None, None, None
+
+
+_nm_conv.defvjp(_nm_conv_fwd, _nm_conv_bwd)
+
+
+def _prune_conv_output(g, cfg: _ConvConfig, key):
+    """MVUE along the flattened non-feature output axes (in memory order), per channel."""
+    feature = cfg.dimension_numbers.out_spec[1]
+    moved = jnp.moveaxis(g, feature, -1)
+    g3 = moved.reshape(1, math.prod(moved.shape[:-1]), moved.shape[-1])
+    pruned = prune_tokens(g3, cfg.spec, key).reshape(moved.shape)
+    return jnp.moveaxis(pruned, -1, feature)
