@@ -152,10 +152,11 @@ def sparsify(
     select = include if include is not None else _default_include(m, transposable)
     use_srste = not (isinstance(srste, (int, float)) and srste == 0)
 
-    def solve(w: jax.Array) -> jax.Array:
+    @jax.jit
+    def solve_packed(w: jax.Array) -> jax.Array:
         if transposable:
-            return transposable_mask(w, n, m, method=method)
-        return nm_mask(w, n, m, axis=-2)
+            return pack(transposable_mask(w, n, m, method=method), m)
+        return pack(nm_mask(w, n, m, axis=-2), m)
 
     def dense_masks(masks: Any) -> Any:
         return _map_masks(lambda bits: jnp.full(bits.shape, _all_ones(m), bits.dtype), masks)
@@ -163,7 +164,7 @@ def sparsify(
     def init_fn(params: Any) -> SparsifyState:
         masks = _select_leaves(params, select, m, transposable)
         if start_step == 0:
-            masks = _map_masks(lambda _, p: pack(solve(p), m), masks, params)
+            masks = _map_masks(lambda _, p: solve_packed(p), masks, params)
         else:
             masks = _map_masks(lambda _, p: _packed_ones(p, m), masks, params)
         return SparsifyState(count=jnp.zeros([], jnp.int32), masks=masks, m=m)
@@ -189,7 +190,7 @@ def sparsify(
             branch,
             [
                 lambda: state.masks,
-                lambda: _map_masks(lambda _, p: pack(solve(p), m), state.masks, params),
+                lambda: _map_masks(lambda _, p: solve_packed(p), state.masks, params),
                 lambda: dense_masks(state.masks),
             ],
         )

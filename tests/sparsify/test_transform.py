@@ -1,0 +1,292 @@
+"""jaxnm.sparsify: schedule, include, SR-STE, chain position, optax wrappers, orbax."""
+
+import importlib
+import pkgutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxnm
+from jaxnm.transform import SparsifyState, find_state
+
+N, M = 2, 4
+
+
+def _params(key=0, dtype=jnp.float32):
+    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
+    return {
+        "dense": {"kernel": jax.random.normal(k1, (8, 16), dtype), "bias": jnp.zeros(16, dtype)},
+        "out": {"kernel": jax.random.normal(k2, (16, 4), dtype)},
+        "odd": {"kernel": jax.random.normal(k3, (6, 4), dtype)},  # 6 does not tile by 4
+    }
+
+
+def _data(key=1, batch=32):
+    kx, kw = jax.random.split(jax.random.key(key))
+    x = jax.random.normal(kx, (batch, 6))
+    y = jnp.tanh(x @ jax.random.normal(kw, (6, 4)))
+    return x, y
+
+
+def _forward(p, x):
+    h = jnp.tanh(x @ p["odd"]["kernel"])  # (B, 4)
+    h = jnp.concatenate([h, h], axis=-1)  # (B, 8)
+    h = jnp.tanh(h @ p["dense"]["kernel"] + p["dense"]["bias"])
+    return h @ p["out"]["kernel"]
+
+
+def _loss(p, x, y):
+    return jnp.mean((_forward(p, x) - y) ** 2)
+
+
+def _make_step(tx):
+    @jax.jit
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            return _loss(jaxnm.apply_masks(p, jaxnm.masks(opt_state)), x, y)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def _run(tx, steps, params=None):
+    params = _params() if params is None else params
+    opt_state = tx.init(params)
+    step = _make_step(tx)
+    x, y = _data()
+    history = [(params, opt_state)]
+    losses = []
+    for _ in range(steps):
+        params, opt_state, loss = step(params, opt_state, x, y)
+        history.append((params, opt_state))
+        losses.append(float(loss))
+    return history, losses, step
+
+
+def _mask_leaves(opt_state):
+    masks = jaxnm.masks(opt_state)
+    return masks["dense"]["kernel"], masks["out"]["kernel"]
+
+
+def test_default_include_and_masks():
+    state = jaxnm.sparsify(N, M).init(_params())
+    masks = jaxnm.masks(state)
+    assert masks["dense"]["bias"] is None and masks["odd"]["kernel"] is None
+    for name in ("dense", "out"):
+        assert masks[name]["kernel"].dtype == jnp.bool_
+        assert masks[name]["kernel"].shape == _params()[name]["kernel"].shape
+        assert bool(jaxnm.is_transposable_nm(masks[name]["kernel"], N, M))
+    # Stored bit-packed: one uint8 per group of 4 (2 bits per weight, not 8).
+    assert state.masks["dense"]["kernel"].shape == (2, 16)
+    assert state.masks["dense"]["kernel"].dtype == jnp.uint8
+    plain = jaxnm.masks(jaxnm.sparsify(N, M, transposable=False).init(_params()))
+    assert bool(jaxnm.is_nm(plain["out"]["kernel"], N, M, axis=-2))
+    np.testing.assert_array_equal(
+        plain["out"]["kernel"], jaxnm.nm_mask(_params()["out"]["kernel"], N, M)
+    )
+
+
+def test_include_predicate_and_error_names_path():
+    tx = jaxnm.sparsify(N, M, include=lambda path, leaf: path[0] == "out")
+    masks = jaxnm.masks(tx.init(_params()))
+    assert masks["dense"]["kernel"] is None and masks["out"]["kernel"] is not None
+    bad = jaxnm.sparsify(N, M, include=lambda path, leaf: path[-1] == "kernel")
+    with pytest.raises(ValueError, match="odd/kernel"):
+        bad.init(_params())
+    with pytest.raises(ValueError, match="dense/bias"):
+        jaxnm.sparsify(N, M, include=lambda path, leaf: path[-1] == "bias").init(_params())
+
+
+def test_training_schedule_refresh_only_at_refresh_steps():
+    refresh, start, end = 3, 2, 11
+    tx = optax.chain(
+        jaxnm.sparsify(N, M, refresh_every=refresh, start_step=start, end_step=end),
+        optax.adam(0.05),
+    )
+    history, losses, step = _run(tx, 14)
+    assert losses[-1] < losses[0]
+    assert step._cache_size() == 1  # refresh and non-refresh steps share one compilation
+    prev = None
+    for t, (params, opt_state) in enumerate(history):
+        assert int(find_state(opt_state).count) == t
+        masks = _mask_leaves(opt_state)
+        eff = jaxnm.apply_masks(params, jaxnm.masks(opt_state))
+        if t < start:
+            assert all(bool(mk.all()) for mk in masks), t
+        else:
+            for e, mk in zip((eff["dense"]["kernel"], eff["out"]["kernel"]), masks, strict=True):
+                assert bool(jaxnm.is_transposable_nm(mk, N, M)), t
+                assert not bool(jnp.any(jnp.where(mk, 0, e))), t  # effective weights are N:M
+        if prev is not None:
+            changed = any(bool(jnp.any(a != b)) for a, b in zip(masks, prev, strict=True))
+            is_refresh = start <= t < end and (t - start) % refresh == 0
+            if not is_refresh and t != start:
+                assert not changed, t
+            if is_refresh and t > start:
+                # Refresh t recomputes from the params of step t - 1.
+                w = history[t - 1][0]["dense"]["kernel"]
+                np.testing.assert_array_equal(
+                    masks[0], jaxnm.transposable_mask(w, N, M, method="greedy")
+                )
+        prev = masks
+    # At least one refresh after the start actually changed a mask in this run.
+    changes = [
+        t
+        for t in range(1, len(history))
+        if any(
+            bool(jnp.any(a != b))
+            for a, b in zip(
+                _mask_leaves(history[t][1]), _mask_leaves(history[t - 1][1]), strict=True
+            )
+        )
+    ]
+    assert start in changes and set(changes) <= {start, 5, 8}
+
+
+def test_dense_tail():
+    tx = optax.chain(jaxnm.sparsify(N, M, end_step=3, dense_tail=True), optax.sgd(0.1))
+    history, _, _ = _run(tx, 4)
+    assert not bool(_mask_leaves(history[2][1])[0].all())
+    assert all(bool(mk.all()) for mk in _mask_leaves(history[3][1]))
+
+
+def test_frozen_masks_equal_hand_masking():
+    """sparsify with frozen masks + adamw trains the kept weights exactly like a model whose
+    forward multiplies by the fixed masks."""
+    params = _params()
+    opt = optax.adamw(0.03, weight_decay=1e-2)
+    history, losses, _ = _run(optax.chain(jaxnm.sparsify(N, M, end_step=1), opt), 8, params)
+    fixed = jaxnm.masks(jaxnm.sparsify(N, M).init(params))
+
+    def hand_loss(p, x, y):
+        eff = jax.tree.map(
+            lambda mk, w: w if mk is None else w * mk, fixed, p, is_leaf=lambda v: v is None
+        )
+        return _loss(eff, x, y)
+
+    p, s = params, opt.init(params)
+    x, y = _data()
+
+    @jax.jit
+    def hand_step(p, s):
+        loss, g = jax.value_and_grad(hand_loss)(p, x, y)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    for t in range(8):
+        p, s, loss = hand_step(p, s)
+        np.testing.assert_allclose(float(loss), losses[t], rtol=1e-6)
+    eff_sparse = jaxnm.apply_masks(history[-1][0], jaxnm.masks(history[-1][1]))
+    eff_hand = jaxnm.apply_masks(p, fixed)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eff_sparse, eff_hand
+    )
+
+
+def test_chain_position_is_irrelevant_without_srste():
+    first, _, _ = _run(optax.chain(jaxnm.sparsify(N, M, refresh_every=2), optax.adam(0.05)), 5)
+    last, _, _ = _run(optax.chain(optax.adam(0.05), jaxnm.sparsify(N, M, refresh_every=2)), 5)
+    jax.tree.map(np.testing.assert_array_equal, first[-1][0], last[-1][0])
+    jax.tree.map(np.testing.assert_array_equal, jaxnm.masks(first[-1][1]), jaxnm.masks(last[-1][1]))
+
+
+def test_srste_adds_decay_on_pruned_weights():
+    params = _params()
+    lam = 0.3
+    tx = jaxnm.sparsify(N, M, srste=lam)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = jax.jit(tx.update)(grads, state, params)
+    mk = jaxnm.masks(state)["dense"]["kernel"]
+    w = params["dense"]["kernel"]
+    np.testing.assert_allclose(updates["dense"]["kernel"], 1 + lam * jnp.where(mk, 0, w))
+    np.testing.assert_array_equal(updates["odd"]["kernel"], grads["odd"]["kernel"])
+
+
+def test_multisteps_and_inject_hyperparams():
+    inner = optax.chain(jaxnm.sparsify(N, M, refresh_every=1), optax.sgd(0.1))
+    tx = optax.MultiSteps(inner, every_k_schedule=2)
+    history, losses, _ = _run(tx, 4)
+    assert [int(find_state(s).count) for _, s in history] == [0, 0, 1, 1, 2]
+    assert losses[-1] < losses[0]
+    injected = optax.inject_hyperparams(
+        jaxnm.sparsify,
+        static_args=("n", "m", "refresh_every", "start_step", "transposable", "dense_tail"),
+    )(n=N, m=M, refresh_every=2, srste=0.1)
+    tx = optax.chain(injected, optax.inject_hyperparams(optax.adam)(learning_rate=0.05))
+    history, losses, _ = _run(tx, 3)
+    assert losses[-1] < losses[0]
+    assert float(history[-1][1][0].hyperparams["srste"]) == pytest.approx(0.1)
+    assert bool(jaxnm.is_transposable_nm(_mask_leaves(history[-1][1])[1], N, M))
+
+
+def test_bfloat16_params():
+    tx = optax.chain(jaxnm.sparsify(N, M, refresh_every=1, srste=1e-3), optax.sgd(0.1))
+    history, _, _ = _run(tx, 2, _params(dtype=jnp.bfloat16))
+    params, state = history[-1]
+    assert params["dense"]["kernel"].dtype == jnp.bfloat16
+    assert bool(jaxnm.is_transposable_nm(_mask_leaves(state)[0], N, M))
+
+
+def test_orbax_round_trip_continues_bit_identically(tmp_path):
+    import orbax.checkpoint as ocp
+
+    tx = optax.chain(jaxnm.sparsify(N, M, refresh_every=2, srste=1e-3), optax.adamw(0.05))
+    history, losses, step = _run(tx, 6)
+    params, opt_state = history[3]
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "state", {"params": params, "opt_state": opt_state})
+        ckpt.wait_until_finished()
+        abstract = jax.tree.map(
+            ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state}
+        )
+        restored = ckpt.restore(tmp_path / "state", abstract)
+    p, s = restored["params"], restored["opt_state"]
+    assert isinstance(find_state(s), SparsifyState)
+    x, y = _data()
+    for t in range(3, 6):
+        p, s, loss = step(p, s, x, y)
+        assert float(loss) == losses[t]
+    jax.tree.map(np.testing.assert_array_equal, p, history[-1][0])
+    jax.tree.map(np.testing.assert_array_equal, jaxnm.masks(s), jaxnm.masks(history[-1][1]))
+
+
+def test_masks_is_callable_after_importing_every_submodule():
+    for info in pkgutil.walk_packages(jaxnm.__path__, "jaxnm."):
+        importlib.import_module(info.name)
+    exec("import jaxnm.masks.greedy", {})  # an `import` statement binding the submodule
+
+    assert jaxnm.masks.nm_mask is jaxnm.nm_mask
+    assert callable(jaxnm.masks.greedy.solve)
+    state = jaxnm.sparsify(N, M).init(_params())
+    assert jaxnm.masks(state)["out"]["kernel"].shape == (16, 4)
+    from jaxnm import masks
+
+    assert masks is jaxnm.masks and masks(state)["dense"]["bias"] is None
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="refresh_every"):
+        jaxnm.sparsify(N, M, refresh_every=0)
+    with pytest.raises(ValueError, match="end_step"):
+        jaxnm.sparsify(N, M, start_step=5, end_step=5)
+    with pytest.raises(ValueError, match="method"):
+        jaxnm.sparsify(N, M, method="nope")
+    with pytest.raises(ValueError, match="`m`"):
+        jaxnm.sparsify(2, 64)
+    with pytest.raises(TypeError, match="`n`"):
+        jaxnm.sparsify(2.0, M)
+    with pytest.raises(ValueError, match="srste"):
+        jaxnm.sparsify(N, M, srste=-1.0)
+    tx = jaxnm.sparsify(N, M)
+    state = tx.init(_params())
+    with pytest.raises(ValueError, match="params"):
+        tx.update(_params(), state)
+    with pytest.raises(ValueError, match="exactly one"):
+        jaxnm.masks(optax.adam(0.1).init(_params()))
