@@ -1,0 +1,318 @@
+"""The example training loop: jitted steps, per-epoch evaluation, JSONL metrics, checkpoints.
+
+Run directory layout (``--out DIR``)::
+
+    DIR/config.json     the TrainConfig of the run
+    DIR/metrics.jsonl   one JSON object per finished epoch
+    DIR/checkpoints/    orbax checkpoints, one per epoch (the last two are kept)
+
+``resume=True`` restores the latest checkpoint and continues with the next epoch; batches are
+shuffled with a seed derived from ``(seed, epoch)`` and every random key lives in the saved
+state, so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from nmexamples import checkpoint, data, models, sparse
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (the flags of ``examples/train.py``).
+
+    Attributes:
+      model: ``"resnet"`` or ``"vit"``.
+      sparsity: ``"dense"``, ``"2:4"`` or ``"4:8"`` (keep n of every m weights).
+      transposable: transposable N:M masks (N:M along both kernel axes).
+      grad_sparsity: ``"none"``, ``"mvue_1_2"`` or ``"mvue_2_4"`` pruning of the neural
+        gradients of sparsified layers.
+      epochs: epochs to train in total (a resumed run stops at the same epoch).
+      batch_size: training batch size.
+      data: ``"digits"`` (bundled with scikit-learn) or ``"cifar10"``.
+      data_dir: directory of the CIFAR-10 pickle batches.
+      out: run directory.
+      resume: continue from the latest checkpoint in ``out``.
+      seed: seed of the initialisation, shuffling and gradient sampling.
+      lr: peak learning rate of AdamW (linear warm-up for one epoch, cosine decay).
+      weight_decay: AdamW weight decay.
+      refresh_every: steps between mask refreshes of sparse runs.
+      augment: random shifts (and flips on CIFAR-10) of training images; ``None`` turns them
+        on for the ResNet and off for the ViT (whose 2x2 patches on 8x8 digits do not
+        tolerate 1-pixel shifts).
+      train_limit: use only the first ``train_limit`` training examples (smoke tests).
+      test_limit: use only the first ``test_limit`` test examples.
+      progress: show a tqdm progress bar per epoch.
+    """
+
+    model: str = "resnet"
+    sparsity: str = "dense"
+    transposable: bool = False
+    grad_sparsity: str = "none"
+    epochs: int = 30
+    batch_size: int = 64
+    data: str = "digits"
+    data_dir: str | None = None
+    out: str = "runs/example"
+    resume: bool = False
+    seed: int = 0
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    refresh_every: int = 40
+    augment: bool | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    progress: bool = True
+
+
+class TrainState(NamedTuple):
+    """Everything a checkpoint holds.
+
+    Attributes:
+      step: int32 scalar, optimizer steps taken.
+      params: ``nnx.State`` of the model's ``nnx.Param`` variables (dense weights).
+      rest: ``nnx.State`` of the other variables (batch-norm statistics, RNG streams).
+      opt_state: the optax state (for sparse runs it holds the masks).
+    """
+
+    step: jax.Array
+    params: Any
+    rest: Any
+    opt_state: Any
+
+
+def load_data(cfg: TrainConfig) -> data.Dataset:
+    """The data set of ``cfg``, cut to ``train_limit`` / ``test_limit`` examples."""
+    ds = data.load(cfg.data, cfg.data_dir)
+    return ds._replace(
+        x_train=ds.x_train[: cfg.train_limit],
+        y_train=ds.y_train[: cfg.train_limit],
+        x_test=ds.x_test[: cfg.test_limit],
+        y_test=ds.y_test[: cfg.test_limit],
+    )
+
+
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Optimizer steps in one epoch (the last incomplete batch is dropped)."""
+    return max(1, data.num_batches(n_train, min(cfg.batch_size, n_train), drop_last=True))
+
+
+def build_model(cfg: TrainConfig, ds: data.Dataset) -> nnx.Module:
+    """The model of ``cfg`` (made N:M-sparse when ``cfg.sparsity`` is not dense)."""
+    model = models.build(cfg.model, ds.x_train.shape[1:], ds.num_classes, seed=cfg.seed)
+    return sparse.sparsify_model(model, sparse.spec_from_config(cfg), seed=cfg.seed)
+
+
+def build_optimizer(cfg: TrainConfig, total_steps: int, warmup_steps: int):
+    """``optax.chain(jaxnm.sparsify(...), adamw)`` for sparse runs, plain AdamW for dense."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, warmup_steps=min(warmup_steps, total_steps - 1), decay_steps=total_steps
+    )
+    adamw = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    return sparse.chain(sparse.spec_from_config(cfg), adamw, refresh_every=cfg.refresh_every)
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[Any, TrainState]:
+    """Splits ``model`` into its graph definition and a fresh :class:`TrainState`."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = tx.init(params)
+    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, rest, opt_state)
+
+
+def make_steps(
+    graphdef, eval_graphdef, tx, effective_params: Callable
+) -> tuple[Callable, Callable]:
+    """Jitted ``train_step(state, x, y) -> (state, loss, correct)`` and ``eval_step``.
+
+    ``effective_params(params, opt_state)`` gives the weights the forward pass uses (for
+    sparse runs the masked weights, see :mod:`nmexamples.sparse`).
+    """
+
+    @jax.jit
+    def train_step(state: TrainState, x, y):
+        def loss_fn(params, rest):
+            rest = jax.tree.map(lambda v: v, rest)  # fresh Variables at this trace level
+            model = nnx.merge(graphdef, effective_params(params, state.opt_state), rest)
+            logits = model(x)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            _, _, rest = nnx.split(model, nnx.Param, ...)
+            return loss, (logits, rest)
+
+        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.rest
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        return TrainState(state.step + 1, params, rest, opt_state), loss, correct
+
+    @jax.jit
+    def eval_step(state: TrainState, x, y):
+        params = effective_params(state.params, state.opt_state)
+        model = nnx.merge(eval_graphdef, params, state.rest)
+        logits = model(x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+        return loss, jnp.sum(jnp.argmax(logits, -1) == y)
+
+    return train_step, eval_step
+
+
+def eval_graphdef_of(model: nnx.Module):
+    """Graph definition of ``model`` in inference mode (batch norm uses running statistics)."""
+    view = nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
+    return nnx.split(view, nnx.Param, ...)[0]
+
+
+def evaluate(eval_step, state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int):
+    """Mean loss and accuracy of ``state`` on ``(x, y)``."""
+    loss, correct = 0.0, 0
+    for xb, yb in data.batches(x, y, batch_size, seed=None, drop_last=False):
+        batch_loss, batch_correct = eval_step(state, xb, yb)
+        loss += float(batch_loss)
+        correct += int(batch_correct)
+    return loss / len(x), correct / len(x)
+
+
+def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
+    """Trains (or resumes) the run ``cfg``; returns the metrics of every finished epoch.
+
+    Args:
+      cfg: the run.
+      stop_after: return after this many epochs of this call, as an interrupted run would
+        (the learning-rate schedule still spans ``cfg.epochs``); ``None`` runs to the end.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_data(cfg)
+    spe = steps_per_epoch(cfg, len(ds.x_train))
+    batch_size = min(cfg.batch_size, len(ds.x_train))
+    model = build_model(cfg, ds)
+    tx = build_optimizer(cfg, total_steps=cfg.epochs * spe, warmup_steps=spe)
+    graphdef, state = init_state(model, tx)
+    train_step, eval_step = make_steps(
+        graphdef, eval_graphdef_of(model), tx, sparse.effective_params(sparse.spec_from_config(cfg))
+    )
+
+    augment = cfg.model == "resnet" if cfg.augment is None else cfg.augment
+    mngr = checkpoint.manager(out / "checkpoints")
+    metrics_path = out / "metrics.jsonl"
+    history: list[dict] = []
+    start_epoch = 0
+    if cfg.resume:
+        epoch, state = checkpoint.restore(mngr, state)
+        if epoch is not None:
+            start_epoch = epoch + 1
+            history = [r for r in read_metrics(metrics_path) if r["epoch"] <= epoch]
+    _check_config(out / "config.json", cfg)
+    _write_metrics(metrics_path, history)
+
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.perf_counter()
+        loss_sum, correct = 0.0, 0
+        shuffled = data.batches(
+            ds.x_train, ds.y_train, batch_size, seed=_epoch_seed(cfg.seed, epoch), drop_last=True
+        )
+        bar = tqdm(
+            shuffled,
+            total=spe,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+        )
+        aug_rng = np.random.default_rng(_epoch_seed(cfg.seed + 1, epoch))
+        for xb, yb in bar:
+            if augment:
+                xb = data.augment(xb, aug_rng, **data.augmentation(cfg.data))
+            state, loss, batch_correct = train_step(state, xb, yb)
+            loss_sum += float(loss)
+            correct += int(batch_correct)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        test_loss, test_acc = evaluate(eval_step, state, ds.x_test, ds.y_test, 256)
+        record = {
+            "epoch": epoch,
+            "step": int(state.step),
+            "train_loss": loss_sum / spe,
+            "train_acc": correct / (spe * batch_size),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_time_s": time.perf_counter() - t0,
+        }
+        history.append(record)
+        checkpoint.save(mngr, epoch, state)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if cfg.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}: train_loss {record['train_loss']:.4f} "
+                f"train_acc {record['train_acc']:.4f} test_acc {test_acc:.4f}"
+            )
+    mngr.close()
+    return history
+
+
+def load_run(run_dir: str | Path, step: int | None = None):
+    """Rebuilds a finished run from its directory.
+
+    Returns:
+      ``(cfg, model, state, dataset)``: the config, the model (dense weights, in eval mode)
+      with the checkpoint's variables, the restored :class:`TrainState` and the data set.
+    """
+    run_dir = Path(run_dir)
+    cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+    ds = load_data(cfg)
+    spe = steps_per_epoch(cfg, len(ds.x_train))
+    model = build_model(cfg, ds)
+    tx = build_optimizer(cfg, total_steps=cfg.epochs * spe, warmup_steps=spe)
+    graphdef, state = init_state(model, tx)
+    mngr = checkpoint.manager(run_dir / "checkpoints")
+    restored_step, state = checkpoint.restore(mngr, state, step)
+    mngr.close()
+    if restored_step is None:
+        raise FileNotFoundError(f"no checkpoint in {str(run_dir / 'checkpoints')!r}.")
+    model = nnx.merge(graphdef, state.params, state.rest)
+    return cfg, nnx.view(model, use_running_average=True, raise_if_not_found=False), state, ds
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (empty if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _check_config(path: Path, cfg: TrainConfig) -> None:
+    """Writes ``config.json``; on resume, refuses a config that changes the run."""
+    current = dataclasses.asdict(cfg)
+    if cfg.resume and path.exists():
+        saved = json.loads(path.read_text())
+        ignore = {"resume", "progress", "epochs", "out", "data_dir"}
+        changed = {k for k in current if k not in ignore and saved.get(k) != current[k]}
+        if changed:
+            raise ValueError(
+                f"--resume with settings that differ from {str(path)!r}: "
+                + ", ".join(f"{k}={current[k]!r} (saved {saved.get(k)!r})" for k in sorted(changed))
+            )
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])

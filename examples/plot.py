@@ -1,0 +1,172 @@
+"""Plots of example runs (matplotlib, PNG).
+
+* ``accuracy.png``: train and test accuracy per epoch of every run given (dense vs sparse).
+* ``mask_tiles.png``: one layer's mask of the first sparse run, a corner of it with the
+  ``m x m`` tile grid drawn, kept weights shaded by ``|w|``.
+* ``retained.png``: per sparsified layer, the fraction of ``|w|`` the mask keeps, for each
+  sparse run.
+
+Example::
+
+    python examples/plot.py runs/resnet_digits_dense_seed0 runs/resnet_digits_48t_seed0 \\
+        --out plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from nmexamples import sparse, training  # noqa: E402
+
+import jaxnm  # noqa: E402
+from jaxnm.transform import format_path, key_path_names  # noqa: E402
+
+
+def run_label(cfg: training.TrainConfig) -> str:
+    """A short legend label: ``"resnet dense"``, ``"resnet 4:8-T + mvue_1_2 (seed 0)"``."""
+    label = f"{cfg.model} {cfg.sparsity}"
+    if cfg.transposable:
+        label += "-T"
+    if cfg.grad_sparsity != "none":
+        label += f" + {cfg.grad_sparsity}"
+    return f"{label} (seed {cfg.seed})"
+
+
+def layer_masks(run_dir: str | Path) -> tuple[training.TrainConfig, dict[str, tuple]]:
+    """``{layer path: (kernel, mask)}`` of a sparse run's latest checkpoint (NumPy arrays)."""
+    cfg, _, state, _ = training.load_run(run_dir)
+    masks = jaxnm.masks(state.opt_state)
+    flat_masks = {
+        format_path(key_path_names(p)): np.asarray(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(masks)[0]
+    }
+    out = {}
+    for p, w in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+        name = format_path(key_path_names(p))
+        if name in flat_masks:
+            out[name] = (np.asarray(w, np.float32), flat_masks[name].astype(bool))
+    return cfg, out
+
+
+def plot_accuracy(run_dirs: list[Path], path: Path) -> None:
+    """Train (dashed) and test (solid) accuracy per epoch of each run."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, run in enumerate(run_dirs):
+        cfg = training.TrainConfig(**_read_config(run))
+        records = training.read_metrics(run / "metrics.jsonl")
+        epochs = [r["epoch"] + 1 for r in records]
+        color = f"C{i % 10}"
+        ax.plot(epochs, [r["test_acc"] for r in records], color=color, label=run_label(cfg))
+        ax.plot(epochs, [r["train_acc"] for r in records], color=color, linestyle="--", alpha=0.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (solid: test, dashed: train)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_mask_tiles(
+    name: str, kernel: np.ndarray, mask: np.ndarray, m: int, path: Path, crop: int = 32
+) -> None:
+    """The top-left ``crop x crop`` corner of a layer's ``(in, out)`` mask with its tile grid.
+
+    Conv kernels ``(kh, kw, in, out)`` show their centre tap.
+    """
+    while kernel.ndim > 2:
+        kernel, mask = kernel[kernel.shape[0] // 2], mask[mask.shape[0] // 2]
+    rows, cols = min(crop, kernel.shape[0]), min(crop, kernel.shape[1])
+    shown = np.where(mask[:rows, :cols], np.abs(kernel[:rows, :cols]), np.nan)
+    fig, ax = plt.subplots(figsize=(6, 6 * rows / cols + 0.5))
+    ax.imshow(np.zeros_like(shown), cmap="Greys", vmin=0, vmax=1)
+    im = ax.imshow(shown, cmap="viridis", interpolation="nearest")
+    for k in range(0, rows + 1, m):
+        ax.axhline(k - 0.5, color="red", linewidth=0.8)
+    for k in range(0, cols + 1, m):
+        ax.axvline(k - 0.5, color="red", linewidth=0.8)
+    ax.set_xlabel("out")
+    ax.set_ylabel("in")
+    ax.set_title(f"{name}: kept |w| ({m}x{m} tiles in red, pruned in white)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_retained(runs: list[tuple[str, dict[str, tuple]]], path: Path) -> None:
+    """Bars of ``sum |w ⊙ mask| / sum |w|`` per sparsified layer, one series per run."""
+    names = list(runs[0][1])
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
+    width = 0.8 / len(runs)
+    for i, (label, layers) in enumerate(runs):
+        fractions = [
+            np.abs(w * mk).sum() / max(np.abs(w).sum(), 1e-30)
+            for w, mk in (layers[k] for k in names if k in layers)
+        ]
+        ax.bar(np.arange(len(fractions)) + i * width, fractions, width, label=label)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+    ax.set_xticklabels([n.removesuffix("/kernel") for n in names], rotation=60, ha="right")
+    ax.set_ylabel("retained |w| fraction")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    p = argparse.ArgumentParser(description="Plot example runs.")
+    p.add_argument("runs", nargs="+", help="run directories written by train.py")
+    p.add_argument("--out", default="plots", help="directory for the PNG files")
+    p.add_argument("--layer", default=None, help="layer of the mask picture (default: largest)")
+    p.add_argument("--crop", type=int, default=32, help="rows/cols of the mask picture")
+    a = p.parse_args(argv)
+    run_dirs = [Path(r) for r in a.runs]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "accuracy.png"]
+    plot_accuracy(run_dirs, written[0])
+
+    sparse_runs = []
+    for run in run_dirs:
+        config = training.TrainConfig(**_read_config(run))
+        spec = sparse.spec_from_config(config)
+        if spec is not None:
+            cfg, layers = layer_masks(run)
+            sparse_runs.append((run_label(cfg), layers, spec))
+    if sparse_runs:
+        _, layers, spec = sparse_runs[0]
+        name = a.layer or max(layers, key=lambda k: layers[k][0].size)
+        if name not in layers:
+            raise ValueError(
+                f"`--layer` (={name!r}) is not a sparse layer; choose from {list(layers)}."
+            )
+        written.append(out / "mask_tiles.png")
+        plot_mask_tiles(name, *layers[name], spec.m, written[-1], crop=a.crop)
+        written.append(out / "retained.png")
+        plot_retained([(label, layers) for label, layers, _ in sparse_runs], written[-1])
+    for path in written:
+        print(path)
+    return written
+
+
+def _read_config(run: Path) -> dict:
+    import json
+
+    return json.loads((run / "config.json").read_text())
+
+
+if __name__ == "__main__":
+    main()
