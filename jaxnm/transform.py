@@ -235,7 +235,12 @@ def current_masks(opt_state: Any) -> Any:
       axes), ``None`` for the other parameters. These are the masks of the next forward pass.
     """
     state = find_state(opt_state)
-    return _map_masks(lambda bits: unpack(_array(bits), state.m), state.masks)
+
+    def one(bits):
+        bits = _value(bits)
+        return None if bits is None else unpack(jnp.asarray(bits), state.m)
+
+    return jax.tree.map(one, state.masks, is_leaf=lambda x: x is None or _is_variable(x))
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
@@ -373,10 +378,18 @@ def _packed_ones(w, m: int) -> jax.Array:
     return jnp.full(packed_shape(tuple(np.shape(w)), m), _all_ones(m), word_dtype(m))
 
 
+def _is_variable(x) -> bool:
+    """Whether ``x`` is a Flax NNX Variable (``nnx.Optimizer`` wraps its state in them)."""
+    return callable(getattr(x, "get_value", None))
+
+
+def _value(x):
+    """The value inside a Flax NNX Variable (may be None), or ``x`` itself."""
+    return x.get_value() if _is_variable(x) else x
+
+
 def _array(x) -> jax.Array:
-    """The array inside ``x``: unwraps Flax NNX Variables (``nnx.Optimizer`` state)."""
-    get_value = getattr(x, "get_value", None)
-    return jnp.asarray(get_value() if callable(get_value) else x)
+    return jnp.asarray(_value(x))
 
 
 def _check_int(value, name: str, *, minimum: int) -> int:
