@@ -76,3 +76,35 @@ def check_tileable(shape: tuple[int, ...], m: int, name: str = "w") -> None:
             f"`{name}` has shape {shape}: the last two axes ({rows}, {cols}) must both be "
             f"multiples of m={m} to tile into {m}x{m} blocks."
         )
+
+
+def check_mask_like(mask, w, mask_name: str = "mask", w_name: str = "w") -> None:
+    """Checks that ``mask`` has ``w``'s shape and a bool, integer or floating dtype."""
+    if jnp.shape(mask) != jnp.shape(w):
+        raise ValueError(
+            f"`{mask_name}` must have the shape of `{w_name}` {jnp.shape(w)}, "
+            f"got {jnp.shape(mask)}."
+        )
+    dtype = jnp.result_type(mask)
+    if not (
+        dtype == jnp.bool_
+        or jnp.issubdtype(dtype, jnp.integer)
+        or jnp.issubdtype(dtype, jnp.floating)
+    ):
+        raise TypeError(f"`{mask_name}` must be bool, integer or floating, got dtype {dtype}.")
+
+
+def check_nonnegative_scalar(value, name: str) -> bool:
+    """Checks a scalar setting that may be a Python number or a traced array.
+
+    Returns:
+      ``False`` when ``value`` is statically known to be zero (callers may skip work),
+      ``True`` otherwise. Raises ``ValueError`` for a negative Python number or a non-scalar.
+    """
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        return value != 0
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(value)}.")
+    return True

@@ -25,14 +25,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm._checks import check_floating
+from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
 from jaxnm.ops.grad_prune import (
     GradSparsity,
     check_grad_key,
     parse_grad_sparsity,
     prune_tokens,
 )
-from jaxnm.ops.nm_dot_general import _check_mask, _check_srste, apply_mask, srste_term
+from jaxnm.ops.nm_dot_general import apply_mask, srste_term
 
 
 class _ConvConfig(NamedTuple):
@@ -94,11 +94,11 @@ def nm_conv(
     """
     check_floating(lhs, "lhs")
     check_floating(rhs, "rhs")
-    _check_mask(mask, rhs)
+    check_mask_like(mask, rhs, w_name="rhs")
     mask = jnp.asarray(mask)
     spec = parse_grad_sparsity(grad_sparsity)
     check_grad_key(spec, key)
-    use_srste = _check_srste(srste)
+    use_srste = check_nonnegative_scalar(srste, "srste")
     cfg = _ConvConfig(
         window_strides=tuple(int(s) for s in window_strides),
         padding=padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),

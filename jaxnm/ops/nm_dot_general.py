@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm._checks import check_floating
+from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
 from jaxnm.ops.grad_prune import (
     GradSparsity,
     check_grad_key,
@@ -105,11 +105,11 @@ def nm_dot_general(
     """
     check_floating(lhs, "lhs")
     check_floating(rhs, "rhs")
-    _check_mask(mask, rhs)
+    check_mask_like(mask, rhs, w_name="rhs")
     mask = jnp.asarray(mask)
     spec = parse_grad_sparsity(grad_sparsity)
     check_grad_key(spec, key)
-    use_srste = _check_srste(srste)
+    use_srste = check_nonnegative_scalar(srste, "srste")
     cfg = _DotConfig(
         dimension_numbers=_normalize_dimension_numbers(dimension_numbers),
         precision=precision,
@@ -229,31 +229,6 @@ def srste_term(w: jax.Array, mask: jax.Array, srste: jax.Array) -> jax.Array:
     """SR-STE decay ``srste·(1 − mask) ⊙ w`` in ``w``'s dtype."""
     pruned = ~mask if mask.dtype == jnp.bool_ else 1 - mask
     return (srste * pruned.astype(jnp.float32) * w.astype(jnp.float32)).astype(w.dtype)
-
-
-def _check_mask(mask, w, w_name: str = "rhs") -> None:
-    if jnp.shape(mask) != jnp.shape(w):
-        raise ValueError(
-            f"`mask` must have the shape of `{w_name}` {jnp.shape(w)}, got {jnp.shape(mask)}."
-        )
-    dtype = jnp.result_type(mask)
-    if not (
-        dtype == jnp.bool_
-        or jnp.issubdtype(dtype, jnp.integer)
-        or jnp.issubdtype(dtype, jnp.floating)
-    ):
-        raise TypeError(f"`mask` must be bool, integer or floating, got dtype {dtype}.")
-
-
-def _check_srste(srste) -> bool:
-    """Returns whether the SR-STE term is needed (statically known zero skips it)."""
-    if isinstance(srste, (int, float)):
-        if srste < 0:
-            raise ValueError(f"`srste` must be >= 0, got {srste}.")
-        return srste != 0
-    if jnp.ndim(srste) != 0:
-        raise ValueError(f"`srste` must be a scalar, got shape {jnp.shape(srste)}.")
-    return True
 
 
 def _normalize_dimension_numbers(dn) -> tuple:
