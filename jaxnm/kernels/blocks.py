@@ -36,8 +36,8 @@ class BlockSizes:
           * ``block_n``: 32 for ``T <= 16`` (weight-bound: more programs in flight), 64 for
             ``T <= 64``, else 128; halved until it divides ``N``;
           * ``block_k``: 256 for ``T <= 16`` (more weight bytes per loop step), else 64; halved
-            until it divides ``K`` and ``block_k * n // m`` is a multiple of 8 (whole index
-            bytes);
+            (down to 16, then doubled from the start) until it divides ``K`` and
+            ``block_k * n // m`` is a multiple of 8 (whole index bytes);
           * ``num_warps`` 8 for 128x128 output tiles, else 4; ``num_stages`` 3 for ``T > 64``,
             else 2.
 
@@ -64,9 +64,10 @@ def _gpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
     block_n = 32 if tokens <= 16 else 64 if tokens <= 64 else 128
     while block_n > _GPU_MIN and n_out % block_n:
         block_n //= 2
-    block_k = 256 if tokens <= 16 else 64
-    while block_k > _GPU_MIN and (k % block_k or (block_k * n // m) % RUN):
-        block_k //= 2
+    start = 256 if tokens <= 16 else 64
+    down = [start >> i for i in range(start.bit_length()) if start >> i >= _GPU_MIN]
+    up = [start << i for i in range(1, 8)]
+    block_k = next((b for b in down + up if _gpu_k_ok(b, k, n, m)), start)
     big = block_t * block_n >= 128 * 128
     return BlockSizes(
         block_t=block_t,
@@ -75,6 +76,10 @@ def _gpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
         num_warps=8 if big else 4,
         num_stages=3 if tokens > 64 else 2,
     )
+
+
+def _gpu_k_ok(block_k: int, k: int, n: int, m: int) -> bool:
+    return k % block_k == 0 and (block_k * n // m) % RUN == 0
 
 
 def _tpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
