@@ -1,0 +1,215 @@
+"""jaxnm.nnx: end-to-end N:M training of NNX models through the optimizer-owned masks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxnm
+import jaxnm.nnx
+
+N, M = 2, 4
+
+
+class MLP(nnx.Module):
+    def __init__(self, rngs):
+        self.l1 = nnx.Linear(6, 16, rngs=rngs)  # 6 does not tile by 4: stays dense
+        self.l2 = nnx.Linear(16, 16, rngs=rngs)
+        self.e = nnx.Einsum("bd,dh->bh", (16, 8), (8,), rngs=rngs)
+        self.out = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.l1(x))
+        h = jnp.tanh(self.l2(h))
+        return self.out(jnp.tanh(self.e(h)))
+
+
+class ConvNet(nnx.Module):
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)  # in=3: stays dense
+        self.c2 = nnx.Conv(8, 8, (3, 3), strides=2, rngs=rngs)
+        self.head = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.c1(x))
+        h = jax.nn.relu(self.c2(h))
+        return self.head(h.mean(axis=(1, 2)))
+
+
+def _task(net, key=0):
+    kx, kt = jax.random.split(jax.random.key(key))
+    shape = (32, 6) if net is MLP else (16, 8, 8, 3)
+    x = jax.random.normal(kx, shape)
+    teacher = net(nnx.Rngs(kt))
+    return x, jax.lax.stop_gradient(teacher(x))
+
+
+def _setup(net, grad_sparsity="mvue_2_4", **kwargs):
+    model = net(nnx.Rngs(1))
+    tx = optax.chain(jaxnm.sparsify(N, M, **kwargs), optax.adam(0.02))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=grad_sparsity, rngs=nnx.Rngs(2))
+    return model, optimizer
+
+
+@nnx.jit
+def _train_step(model, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(lambda mdl: jnp.mean((mdl(x) - y) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def _sparse_layers(model):
+    return {
+        path: layer
+        for path, layer in nnx.iter_graph(model)
+        if isinstance(getattr(layer, "dot_general", None), jaxnm.nnx.NMOp)
+        or isinstance(getattr(layer, "conv_general_dilated", None), jaxnm.nnx.NMOp)
+        or isinstance(getattr(layer, "einsum_op", None), jaxnm.nnx.NMOp)
+    }
+
+
+@pytest.mark.parametrize("net, expected", [(MLP, 3), (ConvNet, 2)])
+def test_end_to_end_schedule(net, expected):
+    refresh, start, end = 3, 2, 9
+    model, optimizer = _setup(net, refresh_every=refresh, start_step=start, end_step=end)
+    layers = _sparse_layers(model)
+    assert len(layers) == expected
+    x, y = _task(net)
+    losses, prev = [], None
+    for t in range(1, 12):
+        losses.append(float(_train_step(model, optimizer, x, y)))
+        masks = {p: layer_op(layer).mask() for p, layer in layers.items()}
+        # The layers read the optimizer's masks: one copy.
+        flat = jaxnm.masks(optimizer.opt_state)
+        for p, mk in masks.items():
+            np.testing.assert_array_equal(mk, _get(flat, p + ("kernel",)))
+        dense = jaxnm.nnx.export_dense(model)
+        if t in (1, start, 11):
+            np.testing.assert_array_equal(dense(x), model(x))  # forward = masked dense model
+        for p, mk in masks.items():
+            if t < start:
+                assert bool(mk.all()), t
+            else:
+                assert bool(jaxnm.is_transposable_nm(mk, N, M)), (t, p)
+                kernel = _get_layer(dense, p).kernel[...]
+                assert not bool(jnp.any(jnp.where(mk, 0, kernel))), (t, p)
+        if prev is not None and not (start <= t < end and (t - start) % refresh == 0):
+            for p, mk in masks.items():
+                np.testing.assert_array_equal(mk, prev[p])  # unchanged off refresh steps
+        prev = masks
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_masks_change_at_refresh_steps():
+    model, optimizer = _setup(MLP, grad_sparsity=None, refresh_every=2)
+    x, y = _task(MLP)
+    history = [jaxnm.masks(optimizer.opt_state)]
+    for _ in range(8):
+        _train_step(model, optimizer, x, y)
+        history.append(jaxnm.masks(optimizer.opt_state))
+    changed = [
+        t
+        for t in range(1, len(history))
+        if not all(
+            bool(jnp.all(a == b))
+            for a, b in zip(
+                jax.tree.leaves(history[t]), jax.tree.leaves(history[t - 1]), strict=True
+            )
+        )
+    ]
+    assert changed and set(changed) <= {2, 4, 6, 8}
+
+
+def test_gradients_are_straight_through_with_transposed_mask():
+    model, optimizer = _setup(MLP, grad_sparsity=None)
+    x, y = _task(MLP)
+    masks = jaxnm.masks(optimizer.opt_state)
+    params = nnx.state(model, nnx.Param)
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    plain_def, _, plain_rest = nnx.split(jaxnm.nnx.export_dense(model), nnx.Param, ...)
+
+    def loss(p, use_op):
+        if use_op:
+            mdl = nnx.merge(graphdef, p, rest)
+        else:
+            mdl = nnx.merge(plain_def, p, plain_rest)
+        return jnp.mean((mdl(x) - y) ** 2)
+
+    pure = nnx.as_pure(params)
+    g_op = jax.grad(loss)(pure, True)
+    g_ste = jax.grad(lambda p: loss(jaxnm.apply_masks(p, masks), False))(pure)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_op, g_ste)
+
+
+def test_nnx_orbax_round_trip(tmp_path):
+    """Save model + optimizer mid-run, run on, restore the checkpoint over both and rerun:
+    the later losses and the final state are bit-identical."""
+    import orbax.checkpoint as ocp
+
+    x, y = _task(MLP)
+    model, optimizer = _setup(MLP, refresh_every=2)
+    for _ in range(2):
+        _train_step(model, optimizer, x, y)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "ckpt", nnx.state((model, optimizer)))
+        ckpt.wait_until_finished()
+        first = [float(_train_step(model, optimizer, x, y)) for _ in range(3)]
+        final = nnx.state((model, optimizer))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, final)
+        nnx.update((model, optimizer), ckpt.restore(tmp_path / "ckpt", abstract))
+    assert int(optimizer.step[...]) == 2
+    again = [float(_train_step(model, optimizer, x, y)) for _ in range(3)]
+    assert again == first
+    jax.tree.map(_assert_equal, nnx.state((model, optimizer)), final)
+
+
+def _assert_equal(a, b):
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_errors():
+    class WithGeneral(nnx.Module):
+        def __init__(self, rngs):
+            self.g = nnx.LinearGeneral(8, (4, 8), rngs=rngs)
+
+    model = WithGeneral(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
+    with pytest.raises(ValueError, match="g/kernel"):
+        jaxnm.nnx.sparsify_model(model, opt)
+    model, optimizer = _setup(MLP, grad_sparsity=None)
+    with pytest.raises(ValueError, match="rngs"):
+        jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity="mvue_2_4")
+
+    class BadEinsum(nnx.Module):
+        def __init__(self, rngs):
+            self.e = nnx.Einsum("bd,hd->bh", (8, 8), rngs=rngs)
+
+    model = BadEinsum(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
+    with pytest.raises(ValueError, match="contracted, output"):
+        jaxnm.nnx.sparsify_model(model, opt)
+
+
+def layer_op(layer):
+    for name in ("dot_general", "conv_general_dilated", "einsum_op"):
+        op = getattr(layer, name, None)
+        if isinstance(op, jaxnm.nnx.NMOp):
+            return op
+    raise AssertionError(layer)
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _get_layer(model, path):
+    for key in path:
+        model = model[key] if isinstance(key, int) else getattr(model, key)
+    return model
