@@ -93,6 +93,7 @@ def index_bits(m: int) -> int:
     return (m - 1).bit_length()
 
 
+@functools.partial(jax.jit, static_argnames=("bits", "axis"))
 def pack_indices(idx: jax.Array, bits: int, axis: int) -> jax.Array:
     """Packs in-group indices into ``uint8`` bit planes along ``axis``.
 
@@ -117,6 +118,7 @@ def pack_indices(idx: jax.Array, bits: int, axis: int) -> jax.Array:
     return jnp.moveaxis(planes, -1, axis + 1)
 
 
+@functools.partial(jax.jit, static_argnames=("length", "axis"))
 def unpack_indices(planes: jax.Array, length: int, axis: int) -> jax.Array:
     """Inverse of :func:`pack_indices`: ``int32`` indices with ``length`` entries along ``axis``."""
     x = jnp.moveaxis(planes, axis + 1, -1).astype(jnp.int32)  # (bits, ..., Q)

@@ -19,9 +19,12 @@ TILE_2_4 = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1]], bo
 
 
 def _random_nm(rng, shape, n, m, axis, dtype):
+    """Random weights and a random exact N:M mask along ``axis`` (NumPy, no compilation)."""
     w = jnp.asarray(rng.standard_normal(shape), dtype)
-    scores = jnp.asarray(rng.random(shape), jnp.float32)
-    return w, jaxnm.nm_mask(scores, n, m, axis=axis)
+    moved = list(np.moveaxis(np.empty(shape), axis, -1).shape)
+    groups = rng.random((*moved[:-1], moved[-1] // m, m)).argsort(axis=-1) < n
+    mask = np.moveaxis(groups.reshape(moved), -1, axis)
+    return w, jnp.asarray(mask)
 
 
 @settings(max_examples=8)
@@ -29,8 +32,8 @@ def _random_nm(rng, shape, n, m, axis, dtype):
     nm=st.sampled_from(NM),
     rank=st.integers(1, 3),
     axis_pick=st.integers(0, 2),
-    sizes=st.lists(st.integers(1, 5), min_size=3, max_size=3),
-    groups=st.integers(1, 5),
+    sizes=st.lists(st.sampled_from([1, 3]), min_size=3, max_size=3),
+    groups=st.integers(1, 3),
     dtype=st.sampled_from(DTYPES),
     seed=st.integers(0, 2**16),
 )
