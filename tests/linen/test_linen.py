@@ -1,0 +1,152 @@
+"""jaxnm.linen: N:M training of Linen models with masks passed from the optimizer state."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxnm
+import jaxnm.linen as jl
+
+N, M = 2, 4
+
+
+def _mlp(layers, grad_sparsity="mvue_2_4"):
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = jnp.tanh(layers.Dense(16, name="inp")(x))  # in=6: stays dense
+            h = jnp.tanh(layers.Dense(16, name="hidden", **_gs(layers, grad_sparsity))(h))
+            h = layers.DenseGeneral(8, name="general", **_gs(layers, grad_sparsity))(h)
+            return layers.Dense(4, name="out", **_gs(layers, grad_sparsity))(jnp.tanh(h))
+
+    return MLP()
+
+
+def _convnet(layers):
+    class ConvNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(layers.Conv(8, (3, 3), name="c1")(x))  # in=3: stays dense
+            h = nn.relu(layers.Conv(8, (3, 3), strides=2, name="c2", **_gs(layers))(h))
+            return layers.Dense(4, name="head", **_gs(layers))(h.mean(axis=(1, 2)))
+
+    return ConvNet()
+
+
+def _key():
+    return jax.random.key(7)
+
+
+def _gs(layers, grad_sparsity="mvue_2_4"):
+    return {"grad_sparsity": grad_sparsity} if layers is jl else {}
+
+
+def _task(build):
+    kx, kt = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (32, 6) if build is _mlp else (16, 8, 8, 3))
+    teacher = build(nn)
+    return x, teacher.apply(teacher.init(kt, x), x)
+
+
+def _train(build, steps, **kwargs):
+    model = build(jl)
+    x, y = _task(build)
+    params = model.init(jax.random.key(1), x)["params"]
+    tx = optax.chain(jaxnm.sparsify(N, M, **kwargs), optax.adam(0.02))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        masks = jl.mask_collection(opt_state)
+
+        def loss_fn(p):
+            out = model.apply({"params": p, jl.MASKS: masks}, x, rngs={jl.RNG_STREAM: key})
+            return jnp.mean((out - y) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    history, losses = [(params, opt_state)], []
+    for t in range(steps):
+        params, opt_state, loss = step(params, opt_state, jax.random.key(100 + t))
+        history.append((params, opt_state))
+        losses.append(float(loss))
+    return model, (x, y), history, losses
+
+
+@pytest.mark.parametrize("build, expected", [(_mlp, 3), (_convnet, 2)])
+def test_end_to_end_schedule(build, expected):
+    refresh, start, end = 3, 2, 12
+    model, (x, _), history, losses = _train(
+        build, 16, refresh_every=refresh, start_step=start, end_step=end
+    )
+    plain = build(nn)
+    prev = None
+    for t, (params, opt_state) in enumerate(history):
+        masks = jl.mask_collection(opt_state)
+        flat = jax.tree_util.tree_leaves_with_path(masks)
+        assert len(flat) == expected
+        for path, mk in flat:
+            if t < start:
+                assert bool(mk.all()), (t, path)
+            else:
+                assert bool(jaxnm.is_transposable_nm(mk, N, M)), (t, path)
+        if prev is not None and not (start <= t < end and (t - start) % refresh == 0):
+            jax.tree.map(np.testing.assert_array_equal, masks, prev)
+        prev = masks
+        if t in (start, len(history) - 1):
+            # Export: dense masked params in the plain Flax model give the same outputs.
+            exported = jaxnm.apply_masks(params, jaxnm.masks(opt_state))
+            np.testing.assert_allclose(
+                plain.apply({"params": exported}, x),
+                model.apply({"params": params, jl.MASKS: masks}, x, rngs={"mvue": _key()}),
+                rtol=1e-6,
+                atol=1e-6,
+            )
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_gradients_match_straight_through_masking():
+    model = _mlp(jl, grad_sparsity=None)
+    x, y = _task(_mlp)
+    params = model.init(jax.random.key(1), x)["params"]
+    state = jaxnm.sparsify(N, M).init(params)
+    masks = jaxnm.masks(state)
+
+    def op_loss(p):
+        variables = {"params": p, jl.MASKS: jl.mask_collection(state)}
+        return jnp.mean((model.apply(variables, x) - y) ** 2)
+
+    def ste_loss(p):
+        return jnp.mean((_mlp(nn).apply({"params": jaxnm.apply_masks(p, masks)}, x) - y) ** 2)
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        jax.grad(op_loss)(params),
+        jax.grad(ste_loss)(params),
+    )
+
+
+def test_errors():
+    model = _mlp(jl)
+    x, _ = _task(_mlp)
+    params = model.init(jax.random.key(1), x)["params"]
+    masks = jl.mask_collection(jaxnm.sparsify(N, M).init(params))
+    with pytest.raises(ValueError, match="mvue"):
+        model.apply({"params": params, jl.MASKS: masks}, x)
+
+    class Bad(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return jl.DenseGeneral((4, 8), name="g")(x)
+
+    bad = Bad()
+    x = jnp.ones((2, 8))
+    params = bad.init(jax.random.key(0), x)["params"]
+    masks = {"g": {"kernel": jnp.ones((8, 4, 8), bool)}}
+    with pytest.raises(ValueError, match="layer `g`"):
+        bad.apply({"params": params, jl.MASKS: masks}, x)
