@@ -121,13 +121,28 @@ def pack_indices(idx: jax.Array, bits: int, axis: int) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("length", "axis"))
 def unpack_indices(planes: jax.Array, length: int, axis: int) -> jax.Array:
     """Inverse of :func:`pack_indices`: ``int32`` indices with ``length`` entries along ``axis``."""
-    x = jnp.moveaxis(planes, axis + 1, -1).astype(jnp.int32)  # (bits, ..., Q)
-    shifts = jnp.arange(_RUN, dtype=jnp.int32)
-    bit = (x[..., None] >> shifts) & 1  # (bits, ..., Q, 8)
-    weights = (1 << jnp.arange(x.shape[0], dtype=jnp.int32)).reshape(-1, *([1] * (bit.ndim - 1)))
-    idx = jnp.sum(bit * weights, axis=0)
-    idx = idx.reshape(*idx.shape[:-2], -1)[..., :length]
-    return jnp.moveaxis(idx, -1, axis)
+    planes = jnp.expand_dims(planes, axis + 2)  # (bits, ..., Q, 1, ...)
+    shifts = _along(jnp.arange(_RUN, dtype=jnp.uint8), axis + 2, planes.ndim)
+    idx = jnp.zeros(planes.shape[1 : axis + 2] + (_RUN,) + planes.shape[axis + 3 :], jnp.uint8)
+    for p in range(planes.shape[0]):
+        idx = idx | (((planes[p] >> shifts[0]) & 1) << p)
+    idx = _merge(idx, axis)  # (..., Q * 8, ...)
+    return jax.lax.slice_in_dim(idx, 0, length, axis=axis).astype(jnp.int32)
+
+
+def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
+    """1-D ``v`` reshaped to broadcast along ``axis`` of a rank-``ndim`` array."""
+    return v.reshape((1,) * axis + (-1,) + (1,) * (ndim - axis - 1))
+
+
+def _split(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """Splits ``axis`` in place: ``(..., A, ...) -> (..., A // size, size, ...)``."""
+    return x.reshape(x.shape[:axis] + (x.shape[axis] // size, size) + x.shape[axis + 1 :])
+
+
+def _merge(x: jax.Array, axis: int) -> jax.Array:
+    """Merges ``axis`` and ``axis + 1``: inverse of :func:`_split`."""
+    return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -206,11 +221,17 @@ def group_indices(c: CompressedNM) -> jax.Array:
 
 @jax.jit
 def _scatter(c: CompressedNM, values: jax.Array) -> jax.Array:
-    vals = to_groups(values, c.n, c.axis)[..., None]  # (..., G, n, 1)
-    idx = to_groups(group_indices(c), c.n, c.axis)[..., None]
-    hit = idx == jnp.arange(c.m, dtype=idx.dtype)  # (..., G, n, m)
-    dense = jnp.sum(jnp.where(hit, vals, jnp.zeros((), vals.dtype)), axis=-2, dtype=vals.dtype)
-    return from_groups(dense, c.axis)
+    # Groups split in place along the axis (no transposes): (..., G, n, ...) -> (..., G, m, ...).
+    vals = _split(values, c.axis, c.n)
+    idx = _split(group_indices(c), c.axis, c.n)
+    slot = _along(jnp.arange(c.m, dtype=idx.dtype), c.axis + 1, idx.ndim)
+    shape = vals.shape[: c.axis + 1] + (c.m,) + vals.shape[c.axis + 2 :]
+    dense = jnp.zeros(shape, vals.dtype)
+    for t in range(c.n):
+        v_t = jax.lax.slice_in_dim(vals, t, t + 1, axis=c.axis + 1)
+        i_t = jax.lax.slice_in_dim(idx, t, t + 1, axis=c.axis + 1)
+        dense = jnp.where(i_t == slot, v_t, dense)
+    return _merge(dense, c.axis)
 
 
 def decompress(c: CompressedNM) -> jax.Array:
@@ -235,9 +256,9 @@ def gather_kept(dense: jax.Array, c: CompressedNM) -> jax.Array:
 
 @jax.jit
 def _gather(dense: jax.Array, c: CompressedNM) -> jax.Array:
-    groups = to_groups(dense, c.m, c.axis)
-    idx = to_groups(group_indices(c), c.n, c.axis)
-    return from_groups(jnp.take_along_axis(groups, idx, axis=-1), c.axis)
+    groups = _split(dense, c.axis, c.m)  # (..., G, m, ...)
+    idx = _split(group_indices(c), c.axis, c.n)  # (..., G, n, ...)
+    return _merge(jnp.take_along_axis(groups, idx, axis=c.axis + 1), c.axis)
 
 
 def transpose(c: CompressedNM) -> CompressedNM:
