@@ -28,6 +28,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxnm._checks import check_floating, check_group_axis, check_nm
 
@@ -116,28 +117,68 @@ def mvue_with_mask(
     compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
     groups = x.reshape(pre, shape[axis] // m, m, post).astype(compute_dtype)
     slots = [groups[:, :, i, :] for i in range(m)]
-    u_shape = slots[0].shape
     if method == "approx":
-        k1, k2 = jax.random.split(key)
-        u1 = jax.random.uniform(k1, u_shape, compute_dtype)
-        u2 = jax.random.uniform(k2, u_shape, compute_dtype)
+        u1, u2 = uniforms(key, slots[0].shape, 2)
         values, keep = _approx_2_4(slots, u1, u2)
     else:
-        u = jax.random.uniform(key, u_shape, compute_dtype)
+        (u,) = uniforms(key, slots[0].shape, 1)
         values, keep = (_exact_1_2 if m == 2 else _exact_2_4)(slots, u)
     values = jnp.stack(values, axis=2).reshape(shape).astype(x.dtype)
     keep = jnp.stack(keep, axis=2).reshape(shape)
     return values, keep
 
 
-def _pick(bounds, u):
-    """One-hot of the interval holding ``u``: interval ``i`` is ``[bounds[i-1], bounds[i])``.
+def uniforms(key: jax.Array, shape: tuple[int, ...], count: int) -> list[jax.Array]:
+    """``count`` float32 arrays of ``shape`` with uniform entries in ``[0, 1)``.
 
-    ``bounds`` are the cumulated widths, except the last one (taken as ``+inf``); intervals
-    of zero width are never picked.
+    Only ``2·count`` words are drawn with ``jax.random`` (threefry by default); the entries
+    come from a counter-based integer hash (two rounds of the ``lowbias32`` mixer of
+    C. Wellons) of the entry's index keyed by those words. The hash is a bijection of
+    ``uint32``, so over random keys every entry is *exactly* uniform on the grid
+    ``{0, 2⁻²³, …, 1 − 2⁻²³}`` (as ``jax.random.uniform``), which is all unbiasedness needs;
+    different entries are decorrelated by the hash. It fuses into the consumer, where
+    ``jax.random.uniform`` costs a separate multi-pass loop (measured: MVUE 2:4 of a
+    4096×3072 float32 gradient about 3× faster on CPU).
+
+    Args:
+      key: PRNG key (typed or raw ``uint32[2]``).
+      shape: output shape; at most ``2**32`` entries.
+      count: number of independent arrays.
+
+    Returns:
+      list of ``count`` float32 arrays of ``shape``.
     """
-    idx = sum((b <= u).astype(jnp.int32) for b in bounds)
-    return [idx == i for i in range(len(bounds) + 1)]
+    size = math.prod(shape)
+    if size >= 2**32:
+        raise ValueError(f"MVUE draws at most 2**32 uniforms per call, got shape {shape}.")
+    words = jax.random.bits(key, (count, 2), jnp.uint32)
+    index = lax.iota(jnp.uint32, size).reshape(shape)
+    out = []
+    for j in range(count):
+        bits = _lowbias32(_lowbias32(index ^ words[j, 0]) ^ words[j, 1])
+        mantissa = (bits >> 9) | jnp.uint32(0x3F800000)  # [1, 2) with 23 random bits
+        out.append(lax.bitcast_convert_type(mantissa, jnp.float32) - 1)
+    return out
+
+
+def _lowbias32(x: jax.Array) -> jax.Array:
+    """A bijective 32-bit integer hash with low avalanche bias (C. Wellons, ``lowbias32``)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _pick(cums, t):
+    """One-hot of the interval holding ``t``: interval ``i`` is ``[cums[i-1], cums[i])``.
+
+    ``cums`` are cumulated non-negative widths without the last one (interval ``len(cums)``
+    extends to ``+inf``); intervals of zero width are never picked. Comparing ``t = u·total``
+    with unnormalised sums needs no division.
+    """
+    idx = sum((c <= t).astype(jnp.int32) for c in cums)
+    return [idx == i for i in range(len(cums) + 1)]
 
 
 def _first_other(taken):
@@ -150,46 +191,49 @@ def _first_other(taken):
     return out
 
 
+def _cumsum(b):
+    """Running sums ``[b0, b0 + b1, ...]`` of a list of arrays."""
+    out = [b[0]]
+    for bi in b[1:]:
+        out.append(out[-1] + bi)
+    return out
+
+
 def _exact_1_2(a, u):
     b0, b1 = jnp.abs(a[0]), jnp.abs(a[1])
     s = b0 + b1
-    # s == 0 gives NaN bounds, so position 0 is kept with value 0.
-    keep = _pick([b0 / s], u)
-    values = [jnp.where(k, jnp.sign(ai) * s, 0) for k, ai in zip(keep, a, strict=True)]
+    first = (u * s < b0) | (s == 0)  # an all-zero group keeps position 0 (value 0)
+    keep = [first, ~first]
+    values = [jnp.where(k, jnp.copysign(s, ai), 0) for k, ai in zip(keep, a, strict=True)]
     return values, keep
 
 
 def _exact_2_4(a, u):
     b = [jnp.abs(ai) for ai in a]
-    cum = [b[0]]
-    for bi in b[1:]:
-        cum.append(cum[-1] + bi)
+    cum = _cumsum(b)
     s = cum[-1]
     amax = jnp.maximum(jnp.maximum(b[0], b[1]), jnp.maximum(b[2], b[3]))
     dominant = 2 * amax >= s * (1 - _DOMINANT_TOL)  # also every all-zero group
 
-    # Balanced case: p_i = 2|a_i| / S, systematic sampling at u and u + 1.
-    bounds = [2 * c / s for c in cum[:-1]]
-    keep_a = [p | q for p, q in zip(_pick(bounds, u), _pick(bounds, u + 1), strict=True)]
-    val_a = [jnp.sign(ai) * (s / 2) for ai in a]
+    # Balanced case: p_i = 2|a_i| / S; systematic sampling at u and u + 1, scaled by S.
+    bounds = [2 * c for c in cum[:-1]]
+    us = u * s
+    keep_a = [p | q for p, q in zip(_pick(bounds, us), _pick(bounds, us + s), strict=True)]
 
     # Dominant case: keep the first maximum as is, one of the others with prob. |a_j| / R.
     is_max = _first_other([bi != amax for bi in b])
-    rest = [jnp.where(d, 0, bi) for d, bi in zip(is_max, b, strict=True)]
-    rcum = [rest[0]]
-    for r in rest[1:]:
-        rcum.append(rcum[-1] + r)
-    r_tot = rcum[-1]
-    other = _pick([c / r_tot for c in rcum[:-1]], u)
+    rest = _cumsum([jnp.where(d, 0, bi) for d, bi in zip(is_max, b, strict=True)])
+    r_tot = rest[-1]
+    other = _pick(rest[:-1], u * r_tot)
     # R == 0 (at most one nonzero): keep the lowest other position, value 0.
     other = [jnp.where(r_tot > 0, o, f) for o, f in zip(other, _first_other(is_max), strict=True)]
-    keep_b = [d | o for d, o in zip(is_max, other, strict=True)]
-    val_b = [jnp.where(d, ai, jnp.sign(ai) * r_tot) for d, ai in zip(is_max, a, strict=True)]
 
-    keep = [jnp.where(dominant, kb, ka) for ka, kb in zip(keep_a, keep_b, strict=True)]
+    keep = [jnp.where(dominant, d | o, ka) for d, o, ka in zip(is_max, other, keep_a, strict=True)]
+    magnitude = [
+        jnp.where(dominant, jnp.where(d, bi, r_tot), s / 2) for d, bi in zip(is_max, b, strict=True)
+    ]
     values = [
-        jnp.where(k, jnp.where(dominant, vb, va), 0)
-        for k, va, vb in zip(keep, val_a, val_b, strict=True)
+        jnp.where(k, jnp.copysign(mg, ai), 0) for k, mg, ai in zip(keep, magnitude, a, strict=True)
     ]
     return values, keep
 
@@ -197,9 +241,8 @@ def _exact_2_4(a, u):
 def approx_2_4_inclusion(b: list[jax.Array]) -> list[jax.Array]:
     """Inclusion probabilities of the two-step draw (first ``∝ b``, second ``∝ b`` among rest).
 
-    ``π_k = b_k / S + Σ_{l≠k} (b_l / S)·(b_k / r_l)`` with ``r_l = S − b_l`` summed directly
-    from the other entries. Every factor lies in ``[0, 1]`` (``b_k <= r_l`` for ``k ≠ l``), so
-    nothing overflows or cancels; terms with ``r_l = 0`` vanish.
+    ``π_k = b_k·(1/S + Σ_{l≠k} q_l)`` with ``q_l = (b_l / S) / r_l`` and ``r_l = S − b_l``
+    summed directly from the other entries, so nothing cancels; terms with ``r_l = 0`` vanish.
 
     Args:
       b: four non-negative arrays of one shape, the magnitudes of a group's entries.
@@ -209,29 +252,27 @@ def approx_2_4_inclusion(b: list[jax.Array]) -> list[jax.Array]:
       fewer than two nonzero entries).
     """
     s = b[0] + b[1] + b[2] + b[3]
-    first = [bi / jnp.where(s > 0, s, 1) for bi in b]
-    rest = [sum(b[j] for j in range(4) if j != i) for i in range(4)]
-    safe_rest = [jnp.where(r > 0, r, 1) for r in rest]
+    inv_s = 1 / jnp.where(s > 0, s, 1)
+    q = []
+    for i in range(4):
+        r = sum(b[j] for j in range(4) if j != i)
+        q.append(jnp.where(r > 0, (b[i] * inv_s) / jnp.where(r > 0, r, 1), 0))
     probs = []
     for k in range(4):
-        second = sum(first[i] * (b[k] / safe_rest[i]) for i in range(4) if i != k)
-        probs.append(jnp.minimum(first[k] + second, 1))
+        others = sum(q[i] for i in range(4) if i != k)
+        probs.append(jnp.where(b[k] > 0, jnp.minimum(b[k] * (inv_s + others), 1), 0))
     return probs
 
 
 def _approx_2_4(a, u1, u2):
     b = [jnp.abs(ai) for ai in a]
-    cum = [b[0]]
-    for bi in b[1:]:
-        cum.append(cum[-1] + bi)
+    cum = _cumsum(b)
     s = cum[-1]
-    first = _pick([c / s for c in cum[:-1]], u1)  # all-zero group: position 0
-    rest = [jnp.where(f, 0, bi) for f, bi in zip(first, b, strict=True)]
-    rcum = [rest[0]]
-    for r in rest[1:]:
-        rcum.append(rcum[-1] + r)
-    r_tot = rcum[-1]
-    second = _pick([c / r_tot for c in rcum[:-1]], u2)
+    first = _pick(cum[:-1], u1 * s)
+    first = [jnp.where(s > 0, f, i == 0) for i, f in enumerate(first)]  # all zero: position 0
+    rest = _cumsum([jnp.where(f, 0, bi) for f, bi in zip(first, b, strict=True)])
+    r_tot = rest[-1]
+    second = _pick(rest[:-1], u2 * r_tot)
     second = [jnp.where(r_tot > 0, o, f) for o, f in zip(second, _first_other(first), strict=True)]
     keep = [f | o for f, o in zip(first, second, strict=True)]
     pi = approx_2_4_inclusion(b)

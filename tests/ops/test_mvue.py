@@ -166,3 +166,36 @@ def test_bad_inputs():
         mvue(jnp.ones((8, 3), jnp.int32), 2, 4, key)
     with pytest.raises(TypeError, match="`n` must be a static Python int"):
         mvue(x, 2.5, 4, key)
+
+
+def test_uniforms_are_uniform_and_decorrelated():
+    from jaxnm.ops.mvue import uniforms
+
+    def chi2(u, bins=64):
+        counts = np.histogram(u, bins=bins, range=(0.0, 1.0))[0]
+        expected = len(u) / bins
+        return np.sum((counts - expected) ** 2 / expected)
+
+    # chi-square with 63 degrees of freedom: mean 63, std sqrt(126) ~ 11.2; 6 std bound.
+    bound = 63 + 6 * np.sqrt(126)
+    u1, u2 = (np.asarray(v) for v in uniforms(jax.random.key(0), (256, 256), 2))
+    assert u1.dtype == np.float32 and 0 <= u1.min() and u1.max() < 1
+    for u in (u1.ravel(), u2.ravel()):
+        assert chi2(u) < bound
+    # Over keys, one fixed entry is uniform too (the property unbiasedness relies on).
+    per_key = jax.jit(jax.vmap(lambda k: uniforms(k, (4,), 1)[0]))
+    first = np.asarray(per_key(jax.random.split(jax.random.key(1), 20000)))
+    for j in range(4):
+        assert chi2(first[:, j]) < bound
+    # Neighbouring entries, the two arrays, and neighbouring keys are uncorrelated.
+    num = u1.size
+    pairs = [
+        (u1[:, :-1], u1[:, 1:]),
+        (u1[:-1], u1[1:]),
+        (u1, u2),
+        (first[:-1, 0], first[1:, 0]),
+        (first[:, 0], first[:, 1]),
+    ]
+    for a, b in pairs:
+        r = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        assert abs(r) < 6 / np.sqrt(min(a.size, num)), r

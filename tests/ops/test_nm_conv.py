@@ -37,8 +37,8 @@ def _conv(x, w, **kw):
         dict(window_strides=(1, 1), padding="VALID", feature_group_count=2),
     ],
 )
-@pytest.mark.parametrize("srste", [0.0, 0.3])
-def test_dense_gradients_match_reference(conv_kwargs, srste):
+def test_dense_gradients_match_reference(conv_kwargs):
+    srste = 0.3  # srste = 0 is covered by the check_grads test below
     groups = conv_kwargs.get("feature_group_count", 1)
     x, w, mask = _problem(groups=groups)
     strides, padding = conv_kwargs["window_strides"], conv_kwargs["padding"]
@@ -159,10 +159,10 @@ def test_flax_conv_seam_bf16_and_jit():
         return jnp.sum(out**2)
 
     dw = jax.jit(jax.grad(jax.checkpoint(loss)))(wb)
-    dw_eager = jax.grad(loss)(wb)
+    dw_plain = jax.jit(jax.grad(loss))(wb)
     assert dw.dtype == jnp.bfloat16
     np.testing.assert_allclose(
-        np.asarray(dw, np.float32), np.asarray(dw_eager, np.float32), rtol=2e-2, atol=1e-1
+        np.asarray(dw, np.float32), np.asarray(dw_plain, np.float32), rtol=2e-2, atol=1e-1
     )
 
 

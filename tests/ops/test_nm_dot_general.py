@@ -27,8 +27,14 @@ def _problem(t=16, d=8, f=12, seed=0, dtype=jnp.float32):
 
 
 def _vjp(fn, x, w, dy):
-    y, pullback = jax.vjp(fn, x, w)
-    return (y, *pullback(dy.astype(y.dtype)))
+    """``(y, dx, dw)`` of ``y = fn(x, w)`` with cotangent ``dy``, compiled as one program."""
+
+    @jax.jit
+    def run(x, w, dy):
+        y, pullback = jax.vjp(fn, x, w)
+        return (y, *pullback(dy.astype(y.dtype)))
+
+    return run(x, w, dy)
 
 
 @pytest.mark.parametrize("mask_dtype", [jnp.bool_, jnp.float32])
@@ -122,18 +128,14 @@ def test_mvue_weight_gradient_is_unbiased(grad_sparsity, mvue_ref):
 def test_ragged_token_tail_stays_dense():
     x, w, mask, dy = _problem(t=10, d=4, f=4, seed=2)
     key = jax.random.key(5)
-    _, pullback = jax.vjp(
-        lambda b: nm_dot_general(x, b, mask, DN, grad_sparsity="mvue_2_4", key=key), w
-    )
+    fn = functools.partial(nm_dot_general, grad_sparsity="mvue_2_4", key=key)
+    _, _, dw = _vjp(lambda a, b: fn(a, b, mask, DN), x, w, dy)
     head = jaxnm.mvue(dy[None, :8], 2, 4, key, axis=1)[0]
     expected = x.T @ jnp.concatenate([head, dy[8:]], axis=0)
-    np.testing.assert_allclose(pullback(dy)[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-6)
     # Fewer tokens than m: the weight gradient is dense.
-    x3, dy3 = x[:3], dy[:3]
-    _, pullback = jax.vjp(
-        lambda b: nm_dot_general(x3, b, mask, DN, grad_sparsity="mvue_2_4", key=key), w
-    )
-    np.testing.assert_allclose(pullback(dy3)[0], x3.T @ dy3, rtol=1e-5, atol=1e-6)
+    _, _, dw = _vjp(lambda a, b: fn(a, b, mask, DN), x[:3], w, dy[:3])
+    np.testing.assert_allclose(dw, x[:3].T @ dy[:3], rtol=1e-5, atol=1e-6)
 
 
 def test_jit_vmap_checkpoint():
@@ -145,18 +147,16 @@ def test_jit_vmap_checkpoint():
         return jnp.sum(y * dy)
 
     eager = jax.grad(loss)(w, x, key)
-    np.testing.assert_allclose(jax.jit(jax.grad(loss))(w, x, key), eager, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        jax.grad(jax.checkpoint(loss))(w, x, key), eager, rtol=1e-5, atol=1e-5
-    )
+    jitted = jax.jit(jax.grad(loss))
+    np.testing.assert_allclose(jitted(w, x, key), eager, rtol=1e-5, atol=1e-5)
+    remat = jax.jit(jax.grad(jax.checkpoint(loss)))
+    np.testing.assert_allclose(remat(w, x, key), eager, rtol=1e-5, atol=1e-5)
     # vmap over a batch of (x, key): per-example gradients equal the unbatched ones.
     xs = jnp.stack([x, 2 * x])
     keys = jax.random.split(key, 2)
-    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, xs, keys)
+    per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(w, xs, keys)
     for i in range(2):
-        np.testing.assert_allclose(
-            per_example[i], jax.grad(loss)(w, xs[i], keys[i]), rtol=1e-5, atol=1e-5
-        )
+        np.testing.assert_allclose(per_example[i], jitted(w, xs[i], keys[i]), rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_with_float32_accumulation():
