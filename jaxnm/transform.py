@@ -30,6 +30,7 @@ Semantics (one step = one ``update`` call; ``count`` = steps done so far):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,7 @@ from jax import lax
 from jaxnm._checks import check_nm
 from jaxnm.mask_packing import pack, packed_shape, unpack, word_dtype
 from jaxnm.masks.nm import nm_mask
+from jaxnm.masks.tiles import from_tiles, to_tiles
 from jaxnm.masks.transposable import transposable_mask
 
 Path = tuple[Any, ...]
@@ -155,7 +157,7 @@ def sparsify(
     @jax.jit
     def solve_packed(w: jax.Array) -> jax.Array:
         if transposable:
-            return pack(transposable_mask(w, n, m, method=method), m)
+            return pack(_transposable_tilewise(w, n, m, method), m)
         return pack(nm_mask(w, n, m, axis=-2), m)
 
     def dense_masks(masks: Any) -> Any:
@@ -197,6 +199,24 @@ def sparsify(
         return updates, SparsifyState(count=step, masks=masks, m=m)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _transposable_tilewise(w: jax.Array, n: int, m: int, method: str) -> jax.Array:
+    """:func:`jaxnm.transposable_mask`, solved tile by tile (``vmap`` over the tile grid).
+
+    Each tile's mask depends only on that tile, so this equals the batched solve. Keeping
+    the ``(R // m, C // m)`` tile grid as vmapped axes lets a sharded weight keep its
+    sharding through the refresh: no tile leaves its device (the batched solvers flatten
+    the grid into one batch axis, which makes XLA gather sharded weights). The host
+    ``"exact"`` solver is called once per layer instead.
+    """
+    if method == "exact":
+        return transposable_mask(w, n, m, method=method)
+    solve = functools.partial(transposable_mask, n=n, m=m, method=method)
+    tiles = to_tiles(w, m)  # (..., R // m, C // m, m, m)
+    for _ in range(tiles.ndim - 2):
+        solve = jax.vmap(solve)
+    return from_tiles(solve(tiles))
 
 
 def find_state(opt_state: Any) -> SparsifyState:
