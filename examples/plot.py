@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 from nmexamples import sparse, training  # noqa: E402
 
 import jaxnm  # noqa: E402
@@ -44,14 +45,14 @@ def run_label(cfg: training.TrainConfig) -> str:
 
 def layer_masks(run_dir: str | Path) -> tuple[training.TrainConfig, dict[str, tuple]]:
     """``{layer path: (kernel, mask)}`` of a sparse run's latest checkpoint (NumPy arrays)."""
-    cfg, _, state, _ = training.load_run(run_dir)
-    masks = jaxnm.masks(state.opt_state)
+    cfg, model, optimizer, _ = training.load_run(run_dir)
+    masks = jaxnm.masks(optimizer.opt_state)
     flat_masks = {
         format_path(key_path_names(p)): np.asarray(x)
         for p, x in jax.tree_util.tree_flatten_with_path(masks)[0]
     }
     out = {}
-    for p, w in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+    for p, w in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
         name = format_path(key_path_names(p))
         if name in flat_masks:
             out[name] = (np.asarray(w, np.float32), flat_masks[name].astype(bool))

@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--refresh-every", type=int, default=defaults.refresh_every)
+    p.add_argument(
+        "--freeze-masks",
+        type=float,
+        default=defaults.freeze_masks,
+        help="fraction of training after which masks stop changing (1.0: never)",
+    )
     p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         lr=a.lr,
         weight_decay=a.weight_decay,
         refresh_every=a.refresh_every,
+        freeze_masks=a.freeze_masks,
         train_limit=a.train_limit,
         test_limit=a.test_limit,
         progress=not a.no_progress,

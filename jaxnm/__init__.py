@@ -1,6 +1,6 @@
 """jaxnm: N:M fine-grained structured sparse training for JAX, optax and Flax."""
 
-from jaxnm import kernels, masks, ops
+from jaxnm import convert, kernels, masks, ops
 from jaxnm._masks_module import make_callable as _make_masks_callable
 from jaxnm.compressed import CompressedNM, compress, decompress
 from jaxnm.masks import (
@@ -20,6 +20,7 @@ _make_masks_callable(masks)
 __version__ = "0.1.0"
 
 __all__ = [
+    "convert",
     "CompressedNM",
     "compress",
     "decompress",

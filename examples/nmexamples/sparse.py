@@ -1,21 +1,21 @@
 """How the examples turn the training flags into jaxnm calls.
 
 ``--sparsity 2:4|4:8`` and ``--transposable`` select ``jaxnm.sparsify(n, m, transposable=...)``,
-chained first in front of AdamW; the forward pass uses the effective weights
-``jaxnm.apply_masks(params, jaxnm.masks(opt_state))`` (straight-through to the dense params).
-``--grad-sparsity mvue_1_2|mvue_2_4`` additionally routes the sparsified layers through
-``jaxnm.nnx.sparsify_model`` so that their weight gradients use MVUE-pruned neural gradients.
+chained first in front of AdamW in an ``nnx.Optimizer``; ``jaxnm.nnx.sparsify_model`` then
+routes the sparsified layers of the model through jaxnm's N:M ops, which read the masks
+from the optimizer state (one copy of the masks). ``--grad-sparsity mvue_1_2|mvue_2_4``
+makes those ops prune the neural gradients with MVUE in the kernel-gradient GEMM.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import optax
 from flax import nnx
 
 import jaxnm
+import jaxnm.nnx
 
 SPARSITIES = {"dense": None, "2:4": (2, 4), "4:8": (4, 8)}
 GRAD_SPARSITIES = ("none", "mvue_1_2", "mvue_2_4")
@@ -59,26 +59,39 @@ def spec_from_config(cfg) -> SparseSpec | None:
 
 
 def chain(
-    spec: SparseSpec | None, optimizer: optax.GradientTransformation, *, refresh_every: int
+    spec: SparseSpec | None,
+    optimizer: optax.GradientTransformation,
+    *,
+    refresh_every: int,
+    end_step: int | None = None,
 ) -> optax.GradientTransformation:
-    """``optax.chain(jaxnm.sparsify(...), optimizer)``, or ``optimizer`` for dense runs."""
+    """``optax.chain(jaxnm.sparsify(...), optimizer)``, or ``optimizer`` for dense runs.
+
+    ``end_step``: the step from which the masks stay frozen (``None``: refresh to the end).
+    """
     if spec is None:
         return optimizer
-    return optax.chain(
-        jaxnm.sparsify(spec.n, spec.m, transposable=spec.transposable, refresh_every=refresh_every),
-        optimizer,
+    sparsify = jaxnm.sparsify(
+        spec.n,
+        spec.m,
+        transposable=spec.transposable,
+        refresh_every=refresh_every,
+        end_step=end_step,
     )
+    return optax.chain(sparsify, optimizer)
 
 
-def effective_params(spec: SparseSpec | None) -> Callable[[Any, Any], Any]:
-    """``fn(params, opt_state)`` giving the weights of the forward pass."""
+def attach(
+    model: nnx.Module, optimizer: nnx.Optimizer, spec: SparseSpec | None, *, seed: int
+) -> None:
+    """Links the model's sparsified layers to the optimizer's masks (no-op for dense runs).
+
+    ``jaxnm.nnx.sparsify_model`` swaps each sparsified layer's GEMM for jaxnm's N:M op:
+    forward with ``kernel ⊙ mask``, input gradient with the transposed mask and, with
+    ``grad_sparsity``, the kernel gradient from an MVUE-pruned neural gradient whose keys
+    come from an ``nnx.Rngs`` seeded by ``seed`` (saved in checkpoints with the model).
+    """
     if spec is None:
-        return lambda params, opt_state: params
-    return lambda params, opt_state: jaxnm.apply_masks(params, jaxnm.masks(opt_state))
-
-
-def sparsify_model(model: nnx.Module, spec: SparseSpec | None, *, seed: int) -> nnx.Module:
-    """Routes the layers through jaxnm's N:M ops when gradients are pruned; else unchanged."""
-    if spec is None or spec.grad_sparsity is None:
-        return model
-    raise NotImplementedError("grad sparsity needs jaxnm.nnx.sparsify_model")
+        return
+    rngs = None if spec.grad_sparsity is None else nnx.Rngs(seed + 1)
+    jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=spec.grad_sparsity, rngs=rngs)

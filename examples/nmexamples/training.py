@@ -16,9 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +48,9 @@ class TrainConfig:
       lr: peak learning rate of AdamW (linear warm-up for one epoch, cosine decay).
       weight_decay: AdamW weight decay.
       refresh_every: steps between mask refreshes of sparse runs.
+      freeze_masks: fraction of the training steps after which the masks stop changing
+        (``jaxnm.sparsify(end_step=...)``), so the last epochs fine-tune fixed masks; ``1.0``
+        refreshes until the end.
       augment: random shifts (and flips on CIFAR-10) of training images; ``None`` turns them
         on for the ResNet and off for the ViT (whose 2x2 patches on 8x8 digits do not
         tolerate 1-pixel shifts).
@@ -72,26 +73,11 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     refresh_every: int = 40
+    freeze_masks: float = 0.8
     augment: bool | None = None
     train_limit: int | None = None
     test_limit: int | None = None
     progress: bool = True
-
-
-class TrainState(NamedTuple):
-    """Everything a checkpoint holds.
-
-    Attributes:
-      step: int32 scalar, optimizer steps taken.
-      params: ``nnx.State`` of the model's ``nnx.Param`` variables (dense weights).
-      rest: ``nnx.State`` of the other variables (batch-norm statistics, RNG streams).
-      opt_state: the optax state (for sparse runs it holds the masks).
-    """
-
-    step: jax.Array
-    params: Any
-    rest: Any
-    opt_state: Any
 
 
 def load_data(cfg: TrainConfig) -> data.Dataset:
@@ -110,77 +96,70 @@ def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     return max(1, data.num_batches(n_train, min(cfg.batch_size, n_train), drop_last=True))
 
 
-def build_model(cfg: TrainConfig, ds: data.Dataset) -> nnx.Module:
-    """The model of ``cfg`` (made N:M-sparse when ``cfg.sparsity`` is not dense)."""
+def build(cfg: TrainConfig, ds: data.Dataset) -> tuple[nnx.Module, nnx.Optimizer]:
+    """The model and ``nnx.Optimizer`` of ``cfg``.
+
+    Sparse runs chain ``jaxnm.sparsify`` first and link the model's layers to its masks
+    with ``jaxnm.nnx.sparsify_model`` (see :mod:`nmexamples.sparse`).
+    """
     model = models.build(cfg.model, ds.x_train.shape[1:], ds.num_classes, seed=cfg.seed)
-    return sparse.sparsify_model(model, sparse.spec_from_config(cfg), seed=cfg.seed)
+    spe = steps_per_epoch(cfg, len(ds.x_train))
+    spec = sparse.spec_from_config(cfg)
+    total = cfg.epochs * spe
+    tx = sparse.chain(
+        spec,
+        adamw(cfg, total, warmup_steps=spe),
+        refresh_every=cfg.refresh_every,
+        end_step=max(1, int(cfg.freeze_masks * total)) if cfg.freeze_masks < 1.0 else None,
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    sparse.attach(model, optimizer, spec, seed=cfg.seed)
+    return model, optimizer
 
 
-def build_optimizer(cfg: TrainConfig, total_steps: int, warmup_steps: int):
-    """``optax.chain(jaxnm.sparsify(...), adamw)`` for sparse runs, plain AdamW for dense."""
+def adamw(cfg: TrainConfig, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay to zero over ``total_steps``."""
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.lr, warmup_steps=min(warmup_steps, total_steps - 1), decay_steps=total_steps
     )
-    adamw = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    return sparse.chain(sparse.spec_from_config(cfg), adamw, refresh_every=cfg.refresh_every)
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
 
 
-def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[Any, TrainState]:
-    """Splits ``model`` into its graph definition and a fresh :class:`TrainState`."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
-    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, rest, opt_state)
+@nnx.jit
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
+    """One optimizer step on ``(x, y)`` (``(B, H, W, C)`` float32, ``(B,)`` int32).
 
-
-def make_steps(
-    graphdef, eval_graphdef, tx, effective_params: Callable
-) -> tuple[Callable, Callable]:
-    """Jitted ``train_step(state, x, y) -> (state, loss, correct)`` and ``eval_step``.
-
-    ``effective_params(params, opt_state)`` gives the weights the forward pass uses (for
-    sparse runs the masked weights, see :mod:`nmexamples.sparse`).
+    Returns:
+      ``(loss, correct)``: float32 mean cross-entropy and int32 number of correct predictions.
     """
 
-    @jax.jit
-    def train_step(state: TrainState, x, y):
-        def loss_fn(params, rest):
-            rest = jax.tree.map(lambda v: v, rest)  # fresh Variables at this trace level
-            model = nnx.merge(graphdef, effective_params(params, state.opt_state), rest)
-            logits = model(x)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            _, _, rest = nnx.split(model, nnx.Param, ...)
-            return loss, (logits, rest)
-
-        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.rest
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        return TrainState(state.step + 1, params, rest, opt_state), loss, correct
-
-    @jax.jit
-    def eval_step(state: TrainState, x, y):
-        params = effective_params(state.params, state.opt_state)
-        model = nnx.merge(eval_graphdef, params, state.rest)
+    def loss_fn(model):
         logits = model(x)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-        return loss, jnp.sum(jnp.argmax(logits, -1) == y)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
-    return train_step, eval_step
-
-
-def eval_graphdef_of(model: nnx.Module):
-    """Graph definition of ``model`` in inference mode (batch norm uses running statistics)."""
-    view = nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
-    return nnx.split(view, nnx.Param, ...)[0]
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return loss, jnp.sum(jnp.argmax(logits, -1) == y)
 
 
-def evaluate(eval_step, state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int):
-    """Mean loss and accuracy of ``state`` on ``(x, y)``."""
+@nnx.jit
+def eval_step(model: nnx.Module, x: jax.Array, y: jax.Array):
+    """Summed cross-entropy and number of correct predictions of ``model`` (eval mode)."""
+    logits = model(x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+    return loss, jnp.sum(jnp.argmax(logits, -1) == y)
+
+
+def eval_view(model: nnx.Module) -> nnx.Module:
+    """``model`` in inference mode (batch norm uses running statistics), sharing its state."""
+    return nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
+
+
+def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256):
+    """Mean loss and accuracy of ``model`` (in eval mode, see :func:`eval_view`) on ``(x, y)``."""
     loss, correct = 0.0, 0
     for xb, yb in data.batches(x, y, batch_size, seed=None, drop_last=False):
-        batch_loss, batch_correct = eval_step(state, xb, yb)
+        batch_loss, batch_correct = eval_step(model, xb, yb)
         loss += float(batch_loss)
         correct += int(batch_correct)
     return loss / len(x), correct / len(x)
@@ -199,12 +178,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
     ds = load_data(cfg)
     spe = steps_per_epoch(cfg, len(ds.x_train))
     batch_size = min(cfg.batch_size, len(ds.x_train))
-    model = build_model(cfg, ds)
-    tx = build_optimizer(cfg, total_steps=cfg.epochs * spe, warmup_steps=spe)
-    graphdef, state = init_state(model, tx)
-    train_step, eval_step = make_steps(
-        graphdef, eval_graphdef_of(model), tx, sparse.effective_params(sparse.spec_from_config(cfg))
-    )
+    model, optimizer = build(cfg, ds)
+    evaluated = eval_view(model)
 
     augment = cfg.model == "resnet" if cfg.augment is None else cfg.augment
     mngr = checkpoint.manager(out / "checkpoints")
@@ -212,8 +187,9 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
     history: list[dict] = []
     start_epoch = 0
     if cfg.resume:
-        epoch, state = checkpoint.restore(mngr, state)
+        epoch, state = checkpoint.restore(mngr, nnx.state((model, optimizer)))
         if epoch is not None:
+            nnx.update((model, optimizer), state)
             start_epoch = epoch + 1
             history = [r for r in read_metrics(metrics_path) if r["epoch"] <= epoch]
     _check_config(out / "config.json", cfg)
@@ -237,14 +213,14 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
         for xb, yb in bar:
             if augment:
                 xb = data.augment(xb, aug_rng, **data.augmentation(cfg.data))
-            state, loss, batch_correct = train_step(state, xb, yb)
+            loss, batch_correct = train_step(model, optimizer, xb, yb)
             loss_sum += float(loss)
             correct += int(batch_correct)
             bar.set_postfix(loss=f"{float(loss):.4f}")
-        test_loss, test_acc = evaluate(eval_step, state, ds.x_test, ds.y_test, 256)
+        test_loss, test_acc = evaluate(evaluated, ds.x_test, ds.y_test)
         record = {
             "epoch": epoch,
-            "step": int(state.step),
+            "step": int(optimizer.step[...]),
             "train_loss": loss_sum / spe,
             "train_acc": correct / (spe * batch_size),
             "test_loss": test_loss,
@@ -252,7 +228,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
             "epoch_time_s": time.perf_counter() - t0,
         }
         history.append(record)
-        checkpoint.save(mngr, epoch, state)
+        checkpoint.save(mngr, epoch, nnx.state((model, optimizer)))
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if cfg.progress:
@@ -265,26 +241,24 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
 
 
 def load_run(run_dir: str | Path, step: int | None = None):
-    """Rebuilds a finished run from its directory.
+    """Rebuilds a run from its directory and latest (or ``step``) checkpoint.
 
     Returns:
-      ``(cfg, model, state, dataset)``: the config, the model (dense weights, in eval mode)
-      with the checkpoint's variables, the restored :class:`TrainState` and the data set.
+      ``(cfg, model, optimizer, dataset)``: the config, the model in eval mode (for sparse
+      runs its layers apply the optimizer's masks), the ``nnx.Optimizer`` (whose state holds
+      the masks, ``jaxnm.masks(optimizer.opt_state)``) and the data set.
     """
     run_dir = Path(run_dir)
     cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
     ds = load_data(cfg)
-    spe = steps_per_epoch(cfg, len(ds.x_train))
-    model = build_model(cfg, ds)
-    tx = build_optimizer(cfg, total_steps=cfg.epochs * spe, warmup_steps=spe)
-    graphdef, state = init_state(model, tx)
+    model, optimizer = build(cfg, ds)
     mngr = checkpoint.manager(run_dir / "checkpoints")
-    restored_step, state = checkpoint.restore(mngr, state, step)
+    restored_step, state = checkpoint.restore(mngr, nnx.state((model, optimizer)), step)
     mngr.close()
     if restored_step is None:
         raise FileNotFoundError(f"no checkpoint in {str(run_dir / 'checkpoints')!r}.")
-    model = nnx.merge(graphdef, state.params, state.rest)
-    return cfg, nnx.view(model, use_running_average=True, raise_if_not_found=False), state, ds
+    nnx.update((model, optimizer), state)
+    return cfg, eval_view(model), optimizer, ds
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -1,0 +1,144 @@
+"""Smoke tests of the example scripts on tiny data: train (ResNet/ViT, dense/sparse), resume,
+convert and plot. Each run is a couple of optimizer steps on 64 digits."""
+
+import json
+
+import convert as convert_script
+import jax
+import numpy as np
+import plot as plot_script
+import pytest
+import train as train_script
+from flax import nnx
+from nmexamples import training
+
+import jaxnm
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--train-limit", "64", "--test-limit", "32"]
+
+
+def _state_leaves(run_dir):
+    _, model, optimizer, _ = training.load_run(run_dir)
+    leaves = jax.tree.leaves(nnx.state((model, optimizer)))
+    is_key = [jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves]
+    return [
+        np.asarray(jax.random.key_data(x) if k else x) for x, k in zip(leaves, is_key, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    dense = root / "dense"
+    sparse = root / "sparse"
+    train_script.main([*TINY, "--model", "resnet", "--out", str(dense), "--no-progress"])
+    sparse_args = ["--sparsity", "2:4", "--transposable", "--grad-sparsity", "mvue_1_2"]
+    train_script.main([*TINY, *sparse_args, "--model", "resnet", "--out", str(sparse)])
+    return {"dense": dense, "sparse": sparse, "sparse_args": sparse_args}
+
+
+def _check_run(run_dir, epochs=2):
+    records = training.read_metrics(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == list(range(epochs))
+    assert records[-1]["step"] == 2 * epochs
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["test_acc"] <= 1 for r in records)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        str(e) for e in range(max(0, epochs - 2), epochs)
+    ]
+    return records
+
+
+def test_dense_resnet_run(runs):
+    _check_run(runs["dense"])
+    cfg = json.loads((runs["dense"] / "config.json").read_text())
+    assert cfg["model"] == "resnet" and cfg["sparsity"] == "dense"
+
+
+def test_sparse_resnet_masks_are_transposable(runs):
+    _check_run(runs["sparse"])
+    _, model, optimizer, _ = training.load_run(runs["sparse"])
+    masks = jaxnm.masks(optimizer.opt_state)
+    flat = {
+        jaxnm.transform.key_path_names(p): x
+        for p, x in jax.tree_util.tree_flatten_with_path(masks)[0]
+    }
+    # every hidden conv is sparse; the 1-channel stem and the 10-way head stay dense
+    assert len(flat) == 8 and all(p[0] == "blocks" and p[-1] == "kernel" for p in flat)
+    for mask in flat.values():
+        assert bool(jaxnm.is_transposable_nm(mask, 2, 4))
+    exported = jaxnm.nnx.export_dense(model)
+    for path, mask in flat.items():
+        node = exported
+        for name in path[:-1]:
+            node = node[name] if isinstance(name, int) else getattr(node, name)
+        assert bool(np.all(np.where(mask, True, np.asarray(node.kernel[...]) == 0)))
+
+
+def test_resume_continues_bit_identically(runs, tmp_path):
+    args = [*TINY, *runs["sparse_args"], "--model", "resnet", "--out", str(tmp_path)]
+    cfg = train_script.parse_args(args + ["--no-progress"])
+    first = training.train(cfg, stop_after=1)
+    assert len(first) == 1 and len(training.read_metrics(tmp_path / "metrics.jsonl")) == 1
+    train_script.main(args + ["--resume", "--no-progress"])
+    resumed = _check_run(tmp_path)
+    full = training.read_metrics(runs["sparse"] / "metrics.jsonl")
+    for a, b in zip(resumed, full, strict=True):
+        a.pop("epoch_time_s"), b.pop("epoch_time_s")
+        assert a == b
+    for a, b in zip(_state_leaves(tmp_path), _state_leaves(runs["sparse"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="lr"):
+        train_script.main(args + ["--resume", "--lr", "0.5", "--no-progress"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--sparsity", "4:8", "--transposable", "--grad-sparsity", "mvue_2_4"]],
+    ids=["dense", "4:8-T+mvue_2_4"],
+)
+def test_vit_runs(tmp_path, extra):
+    history = train_script.main([*TINY, "--model", "vit", "--out", str(tmp_path), *extra])
+    assert len(history) == 2
+    _check_run(tmp_path)
+
+
+def test_bad_flags(tmp_path):
+    with pytest.raises(ValueError, match="sparse run"):
+        train_script.main([*TINY, "--transposable", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--sparsity", "3:4"])
+
+
+def test_convert_script(runs, tmp_path):
+    records = convert_script.main(
+        [
+            "--run",
+            str(runs["dense"]),
+            "--sparsity",
+            "2:4",
+            "--calib-size",
+            "32",
+            "--calib-batch",
+            "16",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    (rec,) = records
+    assert rec["sparsity"] == "2:4-T"
+    for key in ("dense_acc", "magnitude_acc", "magnitude_bn_acc", "adaprune_bn_acc"):
+        assert 0.0 <= rec[key] <= 1.0
+    assert len(rec["layers"]) == 8
+    assert all(r["reconstructed_error"] < r["magnitude_error"] for r in rec["layers"])
+    assert json.loads((tmp_path / "convert.json").read_text()) == records
+    with pytest.raises(ValueError, match="dense run"):
+        convert_script.main(["--run", str(runs["sparse"]), "--out", str(tmp_path)])
+
+
+def test_plot_script(runs, tmp_path):
+    written = plot_script.main([str(runs["dense"]), str(runs["sparse"]), "--out", str(tmp_path)])
+    assert sorted(p.name for p in written) == ["accuracy.png", "mask_tiles.png", "retained.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="--layer"):
+        plot_script.main([str(runs["sparse"]), "--out", str(tmp_path), "--layer", "nope"])
