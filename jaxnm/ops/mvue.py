@@ -22,7 +22,8 @@ Exactly ``n`` positions are kept in every group. Groups with fewer than ``n`` no
 deterministic extra positions (the lowest indices not yet kept) with value 0, so the kept set
 always fits a hardware N:M format. Arithmetic is float32 (or wider when the input is float64);
 the result is cast back to the input dtype, so it is unbiased up to that dtype's rounding.
-Non-finite inputs propagate as NaN.
+A group holding NaN or ±inf (or whose magnitudes sum beyond the float range) keeps its first
+``n`` positions with value NaN, so a broken gradient stays visible.
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ def mvue_with_mask(
     else:
         (u,) = uniforms(key, slots[0].shape, 1)
         values, keep = (_exact_1_2 if m == 2 else _exact_2_4)(slots, u)
+    # A group with a NaN or inf entry keeps its first n positions, valued NaN.
+    finite = jnp.isfinite(sum(jnp.abs(a) for a in slots))
+    keep = [jnp.where(finite, k, i < n) for i, k in enumerate(keep)]
+    values = [
+        jnp.where(finite, v, jnp.where(k, jnp.nan, 0)) for v, k in zip(values, keep, strict=True)
+    ]
     values = jnp.stack(values, axis=2).reshape(shape).astype(x.dtype)
     keep = jnp.stack(keep, axis=2).reshape(shape)
     return values, keep

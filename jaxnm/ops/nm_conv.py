@@ -106,7 +106,7 @@ def nm_conv(
         rhs_dilation=None if rhs_dilation is None else tuple(rhs_dilation),
         dimension_numbers=lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers),
         feature_group_count=int(feature_group_count),
-        precision=precision,
+        precision=tuple(precision) if isinstance(precision, list) else precision,
         preferred_element_type=preferred_element_type,
         spec=spec,
         use_srste=use_srste,

@@ -112,7 +112,7 @@ def nm_dot_general(
     use_srste = check_nonnegative_scalar(srste, "srste")
     cfg = _DotConfig(
         dimension_numbers=_normalize_dimension_numbers(dimension_numbers),
-        precision=precision,
+        precision=tuple(precision) if isinstance(precision, list) else precision,
         preferred_element_type=preferred_element_type,
         out_sharding=out_sharding,
         spec=spec,

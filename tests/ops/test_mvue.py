@@ -149,6 +149,19 @@ def test_axis_jit_vmap():
     assert jaxnm.mvue is mvue
 
 
+@pytest.mark.parametrize("n,m,method", SETTINGS)
+def test_non_finite_groups_become_nan(n, m, method):
+    x = jnp.array([[jnp.nan, 1.0, 2.0, 3.0], [jnp.inf, 1.0, -2.0, 0.0], [1.0, -1.0, 2.0, 0.5]]).T
+    values, keep = mvue_with_mask(x, n, m, jax.random.key(0), method=method)
+    values, keep = np.asarray(values).reshape(-1, m, 3), np.asarray(keep).reshape(-1, m, 3)
+    np.testing.assert_array_equal(keep.sum(axis=1), n)
+    first = np.arange(m)[None, :] < n
+    for col in (0, 1):  # every group of these columns holds a non-finite entry
+        np.testing.assert_array_equal(keep[0, :, col], first[0])
+        assert np.isnan(values[0, :n, col]).all() and (values[0, n:, col] == 0).all()
+    assert np.isfinite(values[..., 2]).all()
+
+
 def test_bad_inputs():
     x = jnp.ones((8, 3))
     key = jax.random.key(0)

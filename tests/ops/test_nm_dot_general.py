@@ -159,16 +159,17 @@ def test_jit_vmap_checkpoint():
         np.testing.assert_allclose(per_example[i], jitted(w, xs[i], keys[i]), rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_with_float32_accumulation():
-    x, w, mask, dy = _problem(dtype=jnp.bfloat16)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_with_float32_accumulation(dtype):
+    x, w, mask, dy = _problem(dtype=dtype)
     fn = functools.partial(nm_linear, mask=mask, preferred_element_type=jnp.float32)
     y, dx, dw = _vjp(lambda a, b: fn(a, b), x, w, dy)
-    assert y.dtype == jnp.float32 and dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+    assert y.dtype == jnp.float32 and dx.dtype == dtype and dw.dtype == dtype
     xn, wn, mn, dyn = (
         np.asarray(jnp.asarray(v, jnp.float32), np.float64) for v in (x, w, mask, dy)
     )
     np.testing.assert_array_less(_rel_err(y, xn @ (wn * mn)), 1e-5)
-    # Gradients are rounded to bfloat16 once (8 mantissa bits).
+    # Gradients are rounded to the operand dtype once (bfloat16: 8 mantissa bits).
     np.testing.assert_array_less(_rel_err(dx, dyn @ (wn * mn).T), 1e-2)
     np.testing.assert_array_less(_rel_err(dw, xn.T @ dyn), 1e-2)
     _, dw_mvue = jax.grad(
@@ -184,7 +185,7 @@ def test_bfloat16_with_float32_accumulation():
         ),
         argnums=(0, 1),
     )(x, w)
-    assert dw_mvue.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(dw_mvue)))
+    assert dw_mvue.dtype == dtype and bool(jnp.all(jnp.isfinite(dw_mvue)))
 
 
 def test_flax_dot_general_seam():
