@@ -118,7 +118,12 @@ def solve(scores: jax.Array, n: int) -> jax.Array:
     infinite = jnp.isposinf(flat)
     finite = jnp.nan_to_num(flat, nan=-1.0, posinf=0.0, neginf=-1.0)
     totals = jnp.matmul(finite, table, precision=lax.Precision.HIGHEST)
-    inf_kept = jnp.matmul(infinite.astype(jnp.float32), table)  # exact small integers
-    most_inf = inf_kept == jnp.max(inf_kept, axis=-1, keepdims=True)
-    best = jnp.argmax(jnp.where(most_inf, totals, -jnp.inf), axis=-1)
-    return jnp.asarray(patterns)[best]
+
+    def most_inf_first(totals):
+        inf_kept = jnp.matmul(infinite.astype(jnp.float32), table)  # exact small integers
+        most_inf = inf_kept == jnp.max(inf_kept, axis=-1, keepdims=True)
+        return jnp.where(most_inf, totals, -jnp.inf)
+
+    # The second matmul only runs when some score is +inf (both branches under vmap).
+    ranked = lax.cond(jnp.any(infinite), most_inf_first, lambda t: t, totals)
+    return jnp.asarray(patterns)[jnp.argmax(ranked, axis=-1)]

@@ -1,5 +1,6 @@
 """The exact solver against an independent LP optimum, and its integer scaling."""
 
+import functools
 import sys
 
 import jax
@@ -50,32 +51,41 @@ def test_exact_equals_lp_optimum(nm, kind, seed):
     elif kind == "integers":  # many ties
         w = rng.integers(0, 4, (2 * m, 2 * m)).astype(float)
     else:  # wide dynamic range
-        w = rng.standard_normal((2 * m, 2 * m)) * 10.0 ** rng.integers(-20, 20, (2 * m, 2 * m))
+        w = rng.standard_normal((2 * m, 2 * m)) * 10.0 ** rng.integers(-8, 9, (2 * m, 2 * m))
     w = jnp.asarray(w, jnp.float32)
     mask = jaxnm.transposable_mask(w, n, m, method="exact")
     scores = tiles_of(w, m)
     kept = tiles_of(mask.astype(jnp.float32), m) > 0
+    # HiGHS works to ~1e-7 tolerances: fine for O(1) scores, not for 16 decades.
+    lp_tol = 1e-7 * m * n if kind == "scaled" else 1e-9
     for tile, keep in zip(scores, kept, strict=True):
-        optimum = lp_optimum(tile, n)
+        top = np.abs(tile).max() or 1.0  # an all-zero tile keeps its scale
+        optimum = lp_optimum(tile / top, n)  # the LP in units of the tile's largest score
         # Integer scaling error bound: 2 m n 2**-COST_BITS of the tile's largest score.
-        tol = 2 * m * n * 2.0**-exact.COST_BITS * np.abs(tile).max() + 1e-12 * abs(optimum)
-        assert abs(np.sum(tile * keep) - optimum) <= tol
+        tol = 2 * m * n * 2.0**-exact.COST_BITS + lp_tol
+        assert abs(np.sum(tile / top * keep) - optimum) <= tol
 
 
-@settings(max_examples=15)
+@functools.cache
+def mask_fn(method, n, m):
+    """One jitted function per (method, n, m): the fixed shapes below compile once."""
+    return jax.jit(lambda x: jaxnm.transposable_mask(x, n, m, method=method))
+
+
+@settings(max_examples=10)
 @given(nm=st.sampled_from(NM), seed=st.integers(0, 2**31 - 1))
 def test_every_method_keeps_at_least_half_of_optimum_on_every_tile(nm, seed):
     n, m = nm
     w = jnp.asarray(np.random.default_rng(seed).standard_normal((2 * m, 3 * m)), jnp.float32)
     scores = tiles_of(w, m)
-    exact_keep = tiles_of(jaxnm.transposable_mask(w, n, m, method="exact"), m) > 0
+    exact_keep = tiles_of(mask_fn("exact", n, m)(w), m) > 0
     opt = np.sum(scores * exact_keep, axis=(-2, -1))
     for method in sorted(_solvers()):
         if method == "exhaustive" and not exhaustive.pattern_count_at_most(
             n, m, exhaustive.MAX_PATTERNS
         ):
             continue
-        keep = tiles_of(jaxnm.transposable_mask(w, n, m, method=method), m) > 0
+        keep = tiles_of(mask_fn(method, n, m)(w), m) > 0
         got = np.sum(scores * keep, axis=(-2, -1))
         assert np.all(got >= 0.5 * opt), method
         assert np.all(got <= opt * (1 + 1e-6)), method  # nothing beats the optimum
