@@ -72,9 +72,12 @@ def main() -> None:
         compile_s[name] = time.perf_counter() - t0
 
     times = {name: [] for name in fns}
+    names = list(fns)
     for r in range(args.rounds):
         key = jax.random.fold_in(kk, r)
-        for name, fn in fns.items():
+        # Rotate the order every round so no variant always runs right after another.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             t0 = time.perf_counter()
             jax.block_until_ready(fn(x, w, dy, key))
             times[name].append(time.perf_counter() - t0)
