@@ -88,13 +88,20 @@ def integer_gains(tiles: np.ndarray, n: int) -> np.ndarray:
     """
     m = tiles.shape[-1]
     s = tiles.astype(np.float64)
-    finite = np.where(np.isfinite(s), s, -1.0)
-    amax = np.max(np.abs(finite), axis=(-2, -1), keepdims=True)
+    all_finite = bool(np.isfinite(tiles).all())
+    if not all_finite:
+        posinf = np.isposinf(s)
+        s = np.where(np.isfinite(s), s, -1.0)
+    amax = np.maximum(s.max(axis=(-2, -1), keepdims=True), -s.min(axis=(-2, -1), keepdims=True))
     _, exponent = np.frexp(amax)  # amax < 2**exponent <= 2 * amax
-    q = np.rint(np.ldexp(finite, COST_BITS - exponent))
-    q = np.where(finite < 0, np.minimum(q, -1.0), q)  # negative (NaN) stays below 0
-    inf_tier = 2 * m * n * 2**COST_BITS + 1
-    return np.where(np.isposinf(s), inf_tier, q).astype(np.int64)
+    q = s * np.ldexp(1.0, COST_BITS - exponent)  # exact: a power-of-two factor per tile
+    np.rint(q, out=q)
+    if s.size and s.min() < 0:
+        q = np.where(s < 0, np.minimum(q, -1.0), q)  # negative (NaN) stays below 0
+    gains = q.astype(np.int64)
+    if not all_finite:
+        gains[posinf] = 2 * m * n * 2**COST_BITS + 1  # the +inf tier
+    return gains
 
 
 def _tiles_per_call(biggest: int, n: int, m: int) -> int:
