@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnm._checks import check_floating, check_nm, check_tileable
-from jaxnm.masks import exact, exhaustive, greedy
+from jaxnm.masks import device_exact, exact, exhaustive, greedy
 from jaxnm.masks.scores import importance
 from jaxnm.masks.tiles import from_tiles, to_tiles
 
@@ -26,6 +26,7 @@ def _solvers() -> dict[str, Solver]:
         "greedy": greedy.solve,
         "exact": exact.solve,
         "exhaustive": exhaustive.solve,
+        "exact_device": device_exact.solve,
     }
 
 
@@ -41,10 +42,13 @@ def transposable_mask(w: jax.Array, n: int, m: int, *, method: str = "auto") -> 
         or non-negative scores (float32, bfloat16, float16, ...).
       n: entries kept per row and per column of every tile (static int).
       m: tile size (static int).
-      method: ``"greedy"`` (jittable, device-side, greedy + repair), ``"exact"`` (optimal,
-        min-cost flow on the host via ``jax.pure_callback``), ``"exhaustive"`` (optimal by
-        enumerating all tile patterns; only where their number is small: 1:2, 2:4, 1:4,
-        3:4, ...), or ``"auto"`` (exhaustive where cheap, greedy otherwise).
+      method: ``"greedy"`` (jittable, device-side, greedy + repair + a few rounds of
+        cycle cancelling; >= 99.9% of the optimum on Gaussian weights), ``"exact"``
+        (optimal, min-cost flow on the host via ``jax.pure_callback``), ``"exact_device"``
+        (optimal, jittable, on device: cycle cancelling to convergence, any n:m),
+        ``"exhaustive"`` (optimal by enumerating all tile patterns; only where their number
+        is small: 1:2, 2:4, 1:4, 3:4, ...), or ``"auto"`` (exhaustive where cheap, greedy
+        otherwise).
 
     Returns:
       bool array of ``w``'s shape; :func:`is_transposable_nm` holds for it. NaN scores rank

@@ -1,0 +1,254 @@
+"""Negative-cycle cancelling in the residual graph of a transposable tile mask.
+
+A tile mask ``keep`` (``m x m``, exactly ``n`` per row and column) is a maximum-weight
+b-matching iff its residual graph has no negative cycle. The residual graph has an edge
+``row r -> col c`` of cost ``-s[r, c]`` for every unkept entry (keeping it) and an edge
+``col c -> row r'`` of cost ``+s[r', c]`` for every kept entry (dropping it). Every cycle
+alternates rows and columns, so it collapses to the ``m``-node *row graph*
+
+    cost[r -> r'] = min_c ( -s[r, c] + s[r', c] )  over c with keep[r, c] = 0, keep[r', c] = 1,
+
+and ``keep`` is optimal iff the row graph has no negative cycle (a negative closed walk in
+the residual graph maps to a negative closed walk of the row graph and back; a simple cycle
+of the row graph uses distinct residual edges because it leaves every row once).
+
+One *round* runs Bellman–Ford on the row graph of every tile at once from a virtual source
+(all distances 0), records predecessors, and cancels every cycle of the predecessor graph.
+A predecessor cycle always has cost ``<= -tol`` (each relaxation must gain more than
+``tol``), the cycles of a functional graph are vertex-disjoint, so they are cancelled
+together: each cycle step ``r -> r'`` via ``c`` keeps ``(r, c)`` and drops ``(r', c)``,
+which leaves every row and column count unchanged and raises the retained score by at
+least ``tol``. A tile whose Bellman–Ford relaxations stop (no gain above ``tol``) has no
+cycle cheaper than ``-m * tol``: it is optimal up to that tolerance.
+
+Rounds are run on a compacted batch: after the first full-batch rounds only the tiles that
+still improve are gathered (``jnp.nonzero`` with a static size) into smaller fixed-size
+buffers, so the total work follows the number of tiles that still have negative cycles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+#: Each compacted buffer is this many times smaller than the previous one.
+_SHRINK = 8
+
+#: Relative tolerance, in units of ``m * eps(float32) * max|s|`` of the tile.
+_TOL_ULPS = 4.0
+
+
+def finite_scores(scores: jax.Array) -> jax.Array:
+    """Maps tile scores to finite float32 values that keep the ranking policy.
+
+    ``+inf`` becomes one more than the tile's total finite score (so keeping one more
+    infinite entry is worth more than any choice among finite ones); finite scores are
+    clipped to ``finfo(float32).max / (8 m**3)`` so that no path cost can overflow.
+
+    Args:
+      scores: float32 ``(B, m, m)`` tiles; entries ``>= 0``, ``+inf``, or ``-1`` (NaN).
+
+    Returns:
+      float32 ``(B, m, m)`` finite scores.
+    """
+    m = scores.shape[-1]
+    cap = jnp.float32(jnp.finfo(jnp.float32).max / (8.0 * m**3))
+    finite = jnp.clip(jnp.where(jnp.isinf(scores), 0.0, scores), -1.0, cap)
+    big = jnp.sum(jnp.maximum(finite, 0.0), axis=(-2, -1), keepdims=True) + 1.0
+    return jnp.where(jnp.isinf(scores), big, finite)
+
+
+def tolerance(scores: jax.Array) -> jax.Array:
+    """Per-tile gain a relaxation or a cycle must exceed: float32 ``(B,)``."""
+    m = scores.shape[-1]
+    scale = jnp.max(jnp.abs(scores), axis=(-2, -1))
+    eps = jnp.finfo(jnp.float32).eps
+    return _TOL_ULPS * m * eps * scale + jnp.finfo(jnp.float32).tiny
+
+
+def row_graph(scores: jax.Array, keep: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The collapsed row graph of every tile.
+
+    Args:
+      scores: float32 ``(B, m, m)`` finite scores.
+      keep: bool ``(B, m, m)``.
+
+    Returns:
+      ``cost`` float32 ``(B, m, m)`` with ``cost[b, v, u]`` the cheapest step from row ``u``
+      to row ``v`` (``+inf`` if none), and ``via`` int32 ``(B, m, m)``, its column.
+    """
+    add = jnp.where(keep, jnp.inf, -scores)  # [b, u, c]: keep (u, c)
+    drop = jnp.where(keep, scores, jnp.inf)  # [b, v, c]: drop (v, c)
+    step = drop[:, :, None, :] + add[:, None, :, :]  # [b, v, u, c]
+    return jnp.min(step, axis=-1), jnp.argmin(step, axis=-1).astype(jnp.int32)
+
+
+def _follow(p: jax.Array, q: jax.Array) -> jax.Array:
+    """``q[p[v]]`` per tile (``-1`` stays ``-1``), as a one-hot reduction (no gather)."""
+    m = p.shape[-1]
+    hit = p[:, :, None] == jnp.arange(m, dtype=p.dtype)
+    return jnp.where(p < 0, -1, jnp.sum(jnp.where(hit, q[:, None, :], 0), axis=-1))
+
+
+def _bellman_ford(cost: jax.Array, tol: jax.Array, rounds: int) -> tuple[jax.Array, jax.Array]:
+    """``rounds`` synchronous Bellman–Ford rounds from a virtual source.
+
+    Returns predecessors int32 ``(B, m)`` (``-1``: the source) and whether the last round
+    still relaxed an edge, bool ``(B,)``.
+    """
+    b, m, _ = cost.shape
+
+    def relax(_, state):
+        dist, pred, _ = state
+        cand = dist[:, None, :] + cost  # [b, v, u]
+        best = jnp.min(cand, axis=-1)
+        upd = best < dist - tol[:, None]
+        pred = jnp.where(upd, jnp.argmin(cand, axis=-1).astype(jnp.int32), pred)
+        return jnp.where(upd, best, dist), pred, jnp.any(upd, axis=-1)
+
+    init = (jnp.zeros((b, m), jnp.float32), jnp.full((b, m), -1, jnp.int32), jnp.zeros(b, bool))
+    _, pred, changed = lax.fori_loop(0, rounds, relax, init)
+    return pred, changed
+
+
+def _on_cycles(pred: jax.Array) -> jax.Array:
+    """bool ``(B, m)``: rows on a cycle of the predecessor graph.
+
+    ``pred^k`` with ``k >= m`` maps every node that reaches a cycle onto a cycle node, and
+    every cycle node is such an image, so the cycle nodes are exactly the image of
+    ``pred^k`` (computed by repeated squaring).
+    """
+    m = pred.shape[-1]
+    far = pred
+    for _ in range(max(1, (m - 1).bit_length())):
+        far = _follow(far, far)
+    return jnp.any(far[:, :, None] == jnp.arange(m, dtype=far.dtype), axis=1)
+
+
+def cancel_round(
+    scores: jax.Array, keep: jax.Array, tol: jax.Array, *, bf_rounds: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """One round: cancels every predecessor cycle found by Bellman–Ford in every tile.
+
+    Args:
+      scores: float32 ``(B, m, m)`` finite scores (see :func:`finite_scores`).
+      keep: bool ``(B, m, m)``, exactly ``n`` per row and column.
+      tol: float32 ``(B,)`` from :func:`tolerance`.
+      bf_rounds: Bellman–Ford rounds (static; ``None``: ``m``, enough to prove a tile
+        optimal). Fewer rounds find fewer cycles (a heuristic round).
+
+    Returns:
+      The new ``keep`` (same counts, retained score higher by ``>= tol`` where changed) and
+      ``active`` bool ``(B,)``: tiles that changed or whose relaxations did not settle
+      (they need another round); the other tiles are optimal up to ``m * tol``.
+    """
+    m = scores.shape[-1]
+    # The barrier materializes the row graph once; otherwise XLA may fuse the (B, m, m, m)
+    # reduction into each Bellman–Ford round and recompute it there.
+    cost, via = lax.optimization_barrier(row_graph(scores, keep))
+    pred, changed = _bellman_ford(cost, tol, m if bf_rounds is None else bf_rounds)
+    on = _on_cycles(pred)
+    ar = jnp.arange(m, dtype=jnp.int32)
+    # Column of the step pred[v] -> v, for each cycle row v: via[b, v, pred[v]].
+    step_col = jnp.sum(jnp.where(pred[:, :, None] == ar, via, 0), axis=-1)
+    drop = on[:, :, None] & (step_col[:, :, None] == ar)  # [b, v, c]
+    owner = on[:, :, None] & (pred[:, :, None] == ar)  # [b, v, u]: step u -> v
+    add_row = jnp.any(owner, axis=1)  # [b, u]
+    add_col = jnp.sum(jnp.where(owner, step_col[:, :, None], 0), axis=1)
+    add = add_row[:, :, None] & (add_col[:, :, None] == ar)  # [b, u, c]
+    return (keep | add) & ~drop, changed
+
+
+def compacted_rounds(
+    step: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+    scores: jax.Array,
+    keep: jax.Array,
+    *,
+    max_rounds: int,
+    min_buffer: int = 64,
+) -> jax.Array:
+    """Applies ``step`` to the tiles that still need it, at most ``max_rounds`` times each.
+
+    The first rounds run on the whole batch. Once at most an eighth of the tiles are
+    active, the active ones are gathered (``jnp.nonzero`` with a static size) into a buffer
+    of ``B // 8`` tiles, then ``B // 64`` and so on down to ``min_buffer``, so the work
+    follows the number of active tiles. Each tile's result depends only on that tile, so
+    it is the same whatever buffer it lands in.
+
+    Args:
+      step: ``(scores (K, m, m), keep (K, m, m)) -> (keep, active (K,) bool)``, one round.
+      scores: float32 ``(B, m, m)``.
+      keep: bool ``(B, m, m)``.
+      max_rounds: rounds per tile (static int).
+      min_buffer: smallest compacted batch (static int).
+
+    Returns:
+      bool ``(B, m, m)``: ``keep`` after the rounds.
+    """
+    b = scores.shape[0]
+    if max_rounds <= 0 or b == 0:
+        return keep
+    sizes = [b]
+    while sizes[-1] // _SHRINK >= min_buffer:
+        sizes.append(sizes[-1] // _SHRINK)
+    state = (keep, jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32))
+    for level, size in enumerate(sizes):
+        stop = sizes[level + 1] if level + 1 < len(sizes) else 0
+
+        def cond(st, stop=stop):
+            return jnp.sum(st[1]) > stop
+
+        def body(st, size=size):
+            keep, active, rounds = st
+            if size == b:  # whole batch: no gather
+                new, still = step(scores, keep)
+                keep = jnp.where(active[:, None, None], new, keep)
+                rounds = rounds + active
+                return keep, active & still & (rounds < max_rounds), rounds
+            idx = jnp.nonzero(active, size=size, fill_value=b)[0].astype(jnp.int32)
+            safe = jnp.minimum(idx, b - 1)
+            new, still = step(scores[safe], keep[safe])
+            done = rounds[safe] + 1
+            keep = keep.at[idx].set(new, mode="drop")
+            rounds = rounds.at[idx].set(done, mode="drop")
+            active = active.at[idx].set(still & (done < max_rounds), mode="drop")
+            return keep, active, rounds
+
+        state = lax.while_loop(cond, body, state)
+    return state[0]
+
+
+def cancel_cycles(
+    scores: jax.Array,
+    keep: jax.Array,
+    *,
+    max_rounds: int,
+    bf_rounds: int | None = None,
+    min_buffer: int = 64,
+) -> jax.Array:
+    """Cancels negative cycles, at most ``max_rounds`` rounds per tile.
+
+    Tiles stop as soon as a round finds nothing to improve, so with a large enough
+    ``max_rounds`` every tile ends optimal (up to ``m * tol`` of its score, see
+    :func:`tolerance`); a small ``max_rounds`` gives a fast high-quality heuristic.
+
+    Args:
+      scores: float32 ``(B, m, m)`` finite scores (see :func:`finite_scores`).
+      keep: bool ``(B, m, m)`` with exactly ``n`` per row and column.
+      max_rounds: rounds per tile (static int >= 0).
+      bf_rounds: Bellman–Ford rounds per round (see :func:`cancel_round`); only ``None``
+        (``m``) guarantees optimality at convergence.
+      min_buffer: smallest compacted batch (static int).
+
+    Returns:
+      bool ``(B, m, m)`` with the same row and column counts as ``keep`` and a retained
+      score at least as high on every tile.
+    """
+
+    def step(s, k):
+        return cancel_round(s, k, tolerance(s), bf_rounds=bf_rounds)
+
+    return compacted_rounds(step, scores, keep, max_rounds=max_rounds, min_buffer=min_buffer)

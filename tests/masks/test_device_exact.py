@@ -1,0 +1,128 @@
+"""The on-device exact solver: optimal values, a negative-cycle certificate, identity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxnm
+from jaxnm.masks import device_exact, exact, greedy, residual
+
+NM = [(1, 2), (2, 4), (4, 8), (3, 8), (2, 8), (8, 16)]
+
+
+def retained(scores, keep):
+    return np.sum(np.where(np.asarray(keep), np.asarray(scores, np.float64), 0.0), axis=(-2, -1))
+
+
+def most_negative_cycle_mean(tile, keep):
+    """float64 Floyd–Warshall on the residual row graph: min over rows of the closure
+    diagonal (negative iff some cycle of the residual graph is negative)."""
+    m = tile.shape[0]
+    add = np.where(keep, np.inf, -tile)  # [u, c]
+    drop = np.where(keep, tile, np.inf)  # [v, c]
+    dist = np.min(add[:, None, :] + drop[None, :, :], axis=-1)  # [u, v]
+    for k in range(m):
+        dist = np.minimum(dist, dist[:, k : k + 1] + dist[k : k + 1, :])
+    return np.min(np.diag(dist))
+
+
+def tiles(kind, n_tiles, m, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        s = np.abs(rng.standard_normal((n_tiles, m, m)))
+    elif kind == "integers":  # many ties
+        s = rng.integers(0, 4, (n_tiles, m, m)).astype(float)
+    else:  # wide dynamic range
+        s = np.abs(rng.standard_normal((n_tiles, m, m))) * 10.0 ** rng.integers(
+            -20, 20, (n_tiles, m, m)
+        )
+    return s.astype(np.float32)
+
+
+@settings(max_examples=8)
+@given(
+    nm=st.sampled_from(NM),
+    kind=st.sampled_from(["normal", "integers", "scaled"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_equals_the_optimum(nm, kind, seed):
+    n, m = nm
+    s = tiles(kind, 24, m, seed)
+    keep = np.asarray(device_exact.solve(jnp.asarray(s), n))
+    assert np.all(keep.sum(-1) == n) and np.all(keep.sum(-2) == n)
+    value = retained(s, keep)
+    optimum = retained(s, exact.solve_host(s, n))
+    scale = s.reshape(len(s), -1).max(-1).astype(np.float64)
+    # Documented bound (m * tol) plus float32 rounding of the tile's total.
+    bound = 4 * m * m * np.finfo(np.float32).eps * scale + 1e-6 * optimum
+    assert np.all(np.abs(value - optimum) <= bound)
+    for tile, k, b in zip(s.astype(np.float64), keep, bound, strict=True):
+        assert most_negative_cycle_mean(tile, k) >= -b
+
+
+@pytest.mark.parametrize("n,m", [(4, 8), (8, 16)])
+def test_gaussian_tiles_are_optimal(n, m):
+    s = tiles("normal", 256, m, n)
+    keep = jax.jit(device_exact.solve, static_argnums=1)(jnp.asarray(s), n)
+    value = retained(s, keep)
+    optimum = retained(s, exact.solve_host(s, n))
+    np.testing.assert_allclose(value, optimum, rtol=2e-6)
+
+
+def test_nan_and_inf():
+    rng = np.random.default_rng(5)
+    s = np.abs(rng.standard_normal((32, 8, 8)))
+    s[rng.random(s.shape) < 0.2] = np.inf
+    s[rng.random(s.shape) < 0.2] = -1.0  # NaN marker
+    keep = np.asarray(device_exact.solve(jnp.asarray(s, jnp.float32), 4))
+    assert np.all(keep.sum(-1) == 4) and np.all(keep.sum(-2) == 4)
+    # As many infinite entries as a transposable tile can hold, then the best finite ones.
+    inf = np.isinf(s).astype(np.float32)
+    np.testing.assert_array_equal(retained(inf, keep), retained(inf, exact.solve_host(inf, 4)))
+    finite = np.asarray(residual.finite_scores(jnp.asarray(s, jnp.float32)))
+    np.testing.assert_allclose(
+        retained(finite, keep), retained(finite, exact.solve_host(finite, 4)), rtol=1e-5
+    )
+
+
+def test_max_rounds_zero_is_the_repaired_greedy():
+    s = jnp.asarray(tiles("normal", 16, 8, 0))
+
+    np.testing.assert_array_equal(
+        device_exact.solve(s, 4, max_rounds=0), greedy.solve(s, 4, improve_rounds=0)
+    )
+
+
+def test_compacted_rounds_match_whole_batch_rounds():
+    s = residual.finite_scores(jnp.asarray(tiles("normal", 96, 8, 3)))
+    start = greedy.solve(s, 4, improve_rounds=0)
+    for rounds in (1, 3, 50):
+        whole = residual.cancel_cycles(s, start, max_rounds=rounds, min_buffer=96)
+        compact = residual.cancel_cycles(s, start, max_rounds=rounds, min_buffer=2)
+        np.testing.assert_array_equal(whole, compact)
+
+
+def test_jit_vmap_and_eager_agree():
+    s = jnp.asarray(np.stack([tiles("integers", 12, 8, 1), tiles("normal", 12, 8, 2)]))
+    eager = [np.asarray(device_exact.solve(x, 4)) for x in s]
+    jitted = jax.jit(device_exact.solve, static_argnums=1)
+    batched = np.asarray(jax.vmap(lambda x: device_exact.solve(x, 4))(s))
+    for i in range(2):
+        np.testing.assert_array_equal(eager[i], np.asarray(jitted(s[i], 4)))
+        np.testing.assert_array_equal(eager[i], batched[i])
+
+
+def test_transposable_mask_exact_device_under_jit():
+    w = jax.random.normal(jax.random.key(2), (2, 16, 32), jnp.bfloat16)
+    mask = jax.jit(lambda w: jaxnm.transposable_mask(w, 4, 8, method="exact_device"))(w)
+    assert bool(jaxnm.is_transposable_nm(mask, 4, 8))
+    reference = jaxnm.transposable_mask(w, 4, 8, method="exact")
+    scores = jnp.abs(w.astype(jnp.float32))
+    np.testing.assert_allclose(
+        float(jnp.sum(jnp.where(mask, scores, 0))),
+        float(jnp.sum(jnp.where(reference, scores, 0))),
+        rtol=1e-6,
+    )
