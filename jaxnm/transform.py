@@ -268,8 +268,8 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
     Args:
       params: the (dense) params pytree.
-      masks: pytree as returned by :func:`current_masks`: bool arrays of the matching
-        leaves' shapes, ``None`` where a parameter stays dense (``masks`` may also be a
+      masks: pytree as returned by :func:`current_masks`: bool (or 0/1 numeric) arrays of
+        the matching leaves' shapes, ``None`` where a parameter stays dense (``masks`` may also be a
         prefix of ``params`` with ``None`` for whole dense subtrees).
 
     Returns:
@@ -296,6 +296,8 @@ def _masked_ste_fwd(w, mask):
 
 
 def _masked_ste_bwd(mask, g):
+    if jnp.issubdtype(mask.dtype, jnp.inexact):
+        return g, jnp.zeros_like(mask)
     return g, np.zeros(np.shape(mask), jax.dtypes.float0)
 
 
