@@ -1,5 +1,7 @@
 """Smoke tests of the example scripts on tiny data: train (ResNet/ViT, dense/sparse), resume,
-convert and plot. Each run is a couple of optimizer steps on 64 digits."""
+convert and plot. Each run is a couple of optimizer steps on 64 digits. The sparse ViT run
+and the conversion script are marked slow (compile-heavy); jaxnm.convert itself is tested in
+tests/convert."""
 
 import json
 
@@ -10,16 +12,19 @@ import plot as plot_script
 import pytest
 import train as train_script
 from flax import nnx
-from nmexamples import training
+from nmexamples import checkpoint, training
 
 import jaxnm
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--train-limit", "64", "--test-limit", "32"]
 
 
-def _state_leaves(run_dir):
-    _, model, optimizer, _ = training.load_run(run_dir)
-    leaves = jax.tree.leaves(nnx.state((model, optimizer)))
+def _checkpoint_leaves(run_dir, template):
+    """The arrays of a run's latest checkpoint, restored into ``template``'s structure."""
+    mngr = checkpoint.manager(run_dir / "checkpoints")
+    _, state = checkpoint.restore(mngr, template)
+    mngr.close()
+    leaves = jax.tree.leaves(state)
     is_key = [jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves]
     return [
         np.asarray(jax.random.key_data(x) if k else x) for x, k in zip(leaves, is_key, strict=True)
@@ -85,7 +90,11 @@ def test_resume_continues_bit_identically(runs, tmp_path):
     for a, b in zip(resumed, full, strict=True):
         a.pop("epoch_time_s"), b.pop("epoch_time_s")
         assert a == b
-    for a, b in zip(_state_leaves(tmp_path), _state_leaves(runs["sparse"]), strict=True):
+    _, model, optimizer, _ = training.load_run(tmp_path)
+    template = nnx.state((model, optimizer))
+    resumed_state = _checkpoint_leaves(tmp_path, template)
+    full_state = _checkpoint_leaves(runs["sparse"], template)
+    for a, b in zip(resumed_state, full_state, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="lr"):
         train_script.main(args + ["--resume", "--lr", "0.5", "--no-progress"])
@@ -93,7 +102,13 @@ def test_resume_continues_bit_identically(runs, tmp_path):
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--sparsity", "4:8", "--transposable", "--grad-sparsity", "mvue_2_4"]],
+    [
+        [],
+        pytest.param(
+            ["--sparsity", "4:8", "--transposable", "--grad-sparsity", "mvue_2_4"],
+            marks=pytest.mark.slow,
+        ),
+    ],
     ids=["dense", "4:8-T+mvue_2_4"],
 )
 def test_vit_runs(tmp_path, extra):
@@ -109,6 +124,7 @@ def test_bad_flags(tmp_path):
         train_script.parse_args(["--sparsity", "3:4"])
 
 
+@pytest.mark.slow
 def test_convert_script(runs, tmp_path):
     records = convert_script.main(
         [
