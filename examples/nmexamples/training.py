@@ -14,6 +14,7 @@ state, so a resumed run repeats the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -106,23 +107,34 @@ def build(cfg: TrainConfig, ds: data.Dataset) -> tuple[nnx.Module, nnx.Optimizer
     spe = steps_per_epoch(cfg, len(ds.x_train))
     spec = sparse.spec_from_config(cfg)
     total = cfg.epochs * spe
-    tx = sparse.chain(
-        spec,
-        adamw(cfg, total, warmup_steps=spe),
-        refresh_every=cfg.refresh_every,
-        end_step=max(1, int(cfg.freeze_masks * total)) if cfg.freeze_masks < 1.0 else None,
-    )
+    end_step = max(1, int(cfg.freeze_masks * total)) if cfg.freeze_masks < 1.0 else None
+    tx = make_tx(spec, cfg.lr, cfg.weight_decay, total, spe, cfg.refresh_every, end_step)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     sparse.attach(model, optimizer, spec, seed=cfg.seed)
     return model, optimizer
 
 
-def adamw(cfg: TrainConfig, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay to zero over ``total_steps``."""
+@functools.lru_cache(maxsize=16)
+def make_tx(
+    spec: sparse.SparseSpec | None,
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_steps: int,
+    refresh_every: int,
+    end_step: int | None,
+) -> optax.GradientTransformation:
+    """The optimizer: ``[jaxnm.sparsify(...)] + adamw`` with warm-up and cosine decay to zero.
+
+    Cached: runs with equal settings (e.g. other seeds, a resumed run) get the same
+    transformation object, which ``nnx.Optimizer`` keeps as static graph data, so the jitted
+    train step is reused instead of compiled again.
+    """
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, warmup_steps=min(warmup_steps, total_steps - 1), decay_steps=total_steps
+        0.0, lr, warmup_steps=min(warmup_steps, total_steps - 1), decay_steps=total_steps
     )
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    adamw = optax.adamw(schedule, weight_decay=weight_decay)
+    return sparse.chain(spec, adamw, refresh_every=refresh_every, end_step=end_step)
 
 
 @nnx.jit
@@ -175,6 +187,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_config(out / "config.json", cfg)
     ds = load_data(cfg)
     spe = steps_per_epoch(cfg, len(ds.x_train))
     batch_size = min(cfg.batch_size, len(ds.x_train))
@@ -192,7 +205,6 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
             nnx.update((model, optimizer), state)
             start_epoch = epoch + 1
             history = [r for r in read_metrics(metrics_path) if r["epoch"] <= epoch]
-    _check_config(out / "config.json", cfg)
     _write_metrics(metrics_path, history)
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
