@@ -52,7 +52,9 @@ def transposable_mask(w: jax.Array, n: int, m: int, *, method: str = "auto") -> 
 
     Returns:
       bool array of ``w``'s shape; :func:`is_transposable_nm` holds for it. NaN scores rank
-      last, ``±inf`` first, ties keep the lower index.
+      last, ``±inf`` first. Results are deterministic; among equally good masks, greedy
+      visits ties lower index first and exhaustive takes the first pattern, while exact
+      and exact_device return their solver's (deterministic) choice.
 
     Raises:
       ValueError: non-floating ``w``, bad ``n``/``m``, rank < 2, last two axes not
