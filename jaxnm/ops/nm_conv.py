@@ -16,7 +16,6 @@ For a Flax Conv kernel ``(kh, kw, in, out)`` the N:M mask groups run along ``in`
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,7 +31,7 @@ from jaxnm.ops.grad_prune import (
     parse_grad_sparsity,
     prune_tokens,
 )
-from jaxnm.ops.nm_dot_general import apply_mask, srste_term
+from jaxnm.ops.nm_dot_general import masked_linear
 
 
 class _ConvConfig(NamedTuple):
@@ -48,6 +47,30 @@ class _ConvConfig(NamedTuple):
     preferred_element_type: Any
     spec: GradSparsity | None
     use_srste: bool
+
+    def apply(self, lhs, rhs):
+        """The convolution these settings describe."""
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            self.window_strides,
+            self.padding,
+            lhs_dilation=self.lhs_dilation,
+            rhs_dilation=self.rhs_dilation,
+            dimension_numbers=self.dimension_numbers,
+            feature_group_count=self.feature_group_count,
+            precision=self.precision,
+            preferred_element_type=self.preferred_element_type,
+        )
+
+    def prune_output(self, g, lhs_ndim: int, key):
+        """MVUE along the flattened non-feature output axes (in memory order), per channel."""
+        del lhs_ndim
+        feature = self.dimension_numbers.out_spec[1]
+        moved = jnp.moveaxis(g, feature, -1)
+        g3 = moved.reshape(1, math.prod(moved.shape[:-1]), moved.shape[-1])
+        pruned = prune_tokens(g3, self.spec, key).reshape(moved.shape)
+        return jnp.moveaxis(pruned, -1, feature)
 
 
 def nm_conv(
@@ -111,7 +134,7 @@ def nm_conv(
         spec=spec,
         use_srste=use_srste,
     )
-    return _nm_conv(
+    return masked_linear(
         cfg,
         lhs,
         rhs,
@@ -181,52 +204,3 @@ def nm_conv_fn(
         )
 
     return conv_general_dilated
-
-
-def _conv(cfg: _ConvConfig, lhs, rhs):
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        cfg.window_strides,
-        cfg.padding,
-        lhs_dilation=cfg.lhs_dilation,
-        rhs_dilation=cfg.rhs_dilation,
-        dimension_numbers=cfg.dimension_numbers,
-        feature_group_count=cfg.feature_group_count,
-        precision=cfg.precision,
-        preferred_element_type=cfg.preferred_element_type,
-    )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _nm_conv(cfg, lhs, rhs, mask, key, srste):
-    del key, srste
-    return _conv(cfg, lhs, apply_mask(rhs, mask))
-
-
-def _nm_conv_fwd(cfg, lhs, rhs, mask, key, srste):
-    return _conv(cfg, lhs, apply_mask(rhs, mask)), (lhs, rhs, mask, key, srste)
-
-
-def _nm_conv_bwd(cfg, res, g):
-    lhs, rhs, mask, key, srste = res
-    w_eff = apply_mask(rhs, mask)
-    (dlhs,) = jax.linear_transpose(lambda x: _conv(cfg, x, w_eff), lhs)(g)
-    if cfg.spec is not None:
-        g = _prune_conv_output(g, cfg, key)
-    (drhs,) = jax.linear_transpose(lambda w: _conv(cfg, lhs, w), rhs)(g)
-    if cfg.use_srste:
-        drhs = drhs + srste_term(rhs, mask, srste)
-    return dlhs, drhs, None, None, None
-
-
-_nm_conv.defvjp(_nm_conv_fwd, _nm_conv_bwd)
-
-
-def _prune_conv_output(g, cfg: _ConvConfig, key):
-    """MVUE along the flattened non-feature output axes (in memory order), per channel."""
-    feature = cfg.dimension_numbers.out_spec[1]
-    moved = jnp.moveaxis(g, feature, -1)
-    g3 = moved.reshape(1, math.prod(moved.shape[:-1]), moved.shape[-1])
-    pruned = prune_tokens(g3, cfg.spec, key).reshape(moved.shape)
-    return jnp.moveaxis(pruned, -1, feature)

@@ -47,6 +47,28 @@ class _DotConfig(NamedTuple):
     spec: GradSparsity | None  # None: dense weight gradient
     use_srste: bool
 
+    def apply(self, lhs, rhs):
+        """The linear map ``lhs · rhs`` these settings describe."""
+        return lax.dot_general(
+            lhs,
+            rhs,
+            self.dimension_numbers,
+            precision=self.precision,
+            preferred_element_type=self.preferred_element_type,
+            out_sharding=self.out_sharding,
+        )
+
+    def prune_output(self, g, lhs_ndim: int, key):
+        """MVUE along the lhs free axes of ``dY`` (batch axes first, rhs free axes last)."""
+        (lc, _), (lb, _) = self.dimension_numbers
+        nb = len(lb)
+        nt = lhs_ndim - len(lc) - nb
+        shape = g.shape
+        g3 = g.reshape(
+            math.prod(shape[:nb]), math.prod(shape[nb : nb + nt]), math.prod(shape[nb + nt :])
+        )
+        return prune_tokens(g3, self.spec, key).reshape(shape)
+
 
 def nm_dot_general(
     lhs: jax.Array,
@@ -118,7 +140,7 @@ def nm_dot_general(
         spec=spec,
         use_srste=use_srste,
     )
-    return _nm_dot(
+    return masked_linear(
         cfg,
         lhs,
         rhs,
@@ -245,49 +267,35 @@ def _normalize_dimension_numbers(dn) -> tuple:
         ) from None
 
 
-def _dot(cfg: _DotConfig, lhs, rhs):
-    return lax.dot_general(
-        lhs,
-        rhs,
-        cfg.dimension_numbers,
-        precision=cfg.precision,
-        preferred_element_type=cfg.preferred_element_type,
-        out_sharding=cfg.out_sharding,
-    )
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _nm_dot(cfg, lhs, rhs, mask, key, srste):
+def masked_linear(cfg, lhs, rhs, mask, key, srste):
+    """``cfg.apply(lhs, rhs ⊙ mask)`` with the N:M training backward pass.
+
+    Shared by :func:`nm_dot_general` and :func:`jaxnm.ops.nm_conv`. ``cfg`` is a hashable
+    settings object with ``apply(lhs, rhs)`` (a linear map in each argument),
+    ``prune_output(g, lhs_ndim, key)`` (MVUE of ``dY`` along its token axes), ``spec`` and
+    ``use_srste``. Backward: ``dlhs`` through ``rhs ⊙ mask``; ``drhs`` from the pruned ``dY``
+    (when ``spec`` is set), straight through to the dense ``rhs``, plus the SR-STE term;
+    no gradient for ``mask``, ``key`` or ``srste``.
+    """
     del key, srste
-    return _dot(cfg, lhs, apply_mask(rhs, mask))
+    return cfg.apply(lhs, apply_mask(rhs, mask))
 
 
-def _nm_dot_fwd(cfg, lhs, rhs, mask, key, srste):
-    return _dot(cfg, lhs, apply_mask(rhs, mask)), (lhs, rhs, mask, key, srste)
+def _masked_linear_fwd(cfg, lhs, rhs, mask, key, srste):
+    return cfg.apply(lhs, apply_mask(rhs, mask)), (lhs, rhs, mask, key, srste)
 
 
-def _nm_dot_bwd(cfg, res, g):
+def _masked_linear_bwd(cfg, res, g):
     lhs, rhs, mask, key, srste = res
     w_eff = apply_mask(rhs, mask)
-    (dlhs,) = jax.linear_transpose(lambda x: _dot(cfg, x, w_eff), lhs)(g)
+    (dlhs,) = jax.linear_transpose(lambda x: cfg.apply(x, w_eff), lhs)(g)
     if cfg.spec is not None:
-        g = _prune_dot_output(g, cfg, lhs.ndim, key)
-    (drhs,) = jax.linear_transpose(lambda w: _dot(cfg, lhs, w), rhs)(g)
+        g = cfg.prune_output(g, lhs.ndim, key)
+    (drhs,) = jax.linear_transpose(lambda w: cfg.apply(lhs, w), rhs)(g)
     if cfg.use_srste:
         drhs = drhs + srste_term(rhs, mask, srste)
     return dlhs, drhs, None, None, None
 
 
-_nm_dot.defvjp(_nm_dot_fwd, _nm_dot_bwd)
-
-
-def _prune_dot_output(g, cfg: _DotConfig, lhs_ndim: int, key):
-    """MVUE along the lhs free axes of ``dY`` (batch axes first, rhs free axes last)."""
-    (lc, _), (lb, _) = cfg.dimension_numbers
-    nb = len(lb)
-    nt = lhs_ndim - len(lc) - nb
-    shape = g.shape
-    g3 = g.reshape(
-        math.prod(shape[:nb]), math.prod(shape[nb : nb + nt]), math.prod(shape[nb + nt :])
-    )
-    return prune_tokens(g3, cfg.spec, key).reshape(shape)
+masked_linear.defvjp(_masked_linear_fwd, _masked_linear_bwd)
