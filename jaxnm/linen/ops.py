@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm.ops import nm_conv, nm_dot_general
+from jaxnm.ops import nm_conv_fn, nm_dot_general
 
 MASKS = "nm_masks"
 """Name of the variable collection holding the masks (bool, of the kernels' shapes)."""
@@ -83,51 +83,16 @@ class NMDotGeneral(_NMOpBase):
 
 
 class NMConvGeneralDilated(_NMOpBase):
-    """``conv_general_dilated_cls`` for ``nn.Conv`` (HWIO kernel as ``rhs``)."""
+    """``conv_general_dilated_cls`` for ``nn.Conv`` (HWIO kernel as ``rhs``); takes the
+    arguments of ``lax.conv_general_dilated`` as Flax passes them."""
 
-    def __call__(
-        self,
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=None,
-        rhs_dilation=None,
-        dimension_numbers=None,
-        feature_group_count=1,
-        precision=None,
-        preferred_element_type=None,
-    ):
+    def __call__(self, lhs, rhs, *args, **kwargs):
         mask = self._mask()
         if mask is None:
-            return lax.conv_general_dilated(
-                lhs,
-                rhs,
-                window_strides,
-                padding,
-                lhs_dilation=lhs_dilation,
-                rhs_dilation=rhs_dilation,
-                dimension_numbers=dimension_numbers,
-                feature_group_count=feature_group_count,
-                precision=precision,
-                preferred_element_type=preferred_element_type,
-            )
+            return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
         spec = self._spec()
-        return nm_conv(
-            lhs,
-            rhs,
-            mask,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            grad_sparsity=spec,
-            key=self._key(spec),
-        )
+        conv = nm_conv_fn(mask, grad_sparsity=spec, key=self._key(spec))
+        return conv(lhs, rhs, *args, **kwargs)
 
 
 def check_kernel_axes(dimension_numbers, rhs_ndim: int, layer: str | None) -> None:

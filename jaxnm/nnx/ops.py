@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnm.mask_packing import unpack
-from jaxnm.ops import nm_conv, nm_dot_general
+from jaxnm.ops import nm_conv_fn, nm_dot_general
 
 
 class NMOp(nnx.Module):
@@ -86,39 +86,12 @@ class NMDotGeneral(NMOp):
 
 
 class NMConv(NMOp):
-    """``conv_general_dilated`` of ``nnx.Conv`` (HWIO kernel as ``rhs``)."""
+    """``conv_general_dilated`` of ``nnx.Conv`` (HWIO kernel as ``rhs``); takes the arguments
+    of ``lax.conv_general_dilated`` as Flax passes them (see :func:`jaxnm.ops.nm_conv_fn`)."""
 
-    def __call__(
-        self,
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=None,
-        rhs_dilation=None,
-        dimension_numbers=None,
-        feature_group_count=1,
-        precision=None,
-        preferred_element_type=None,
-        out_sharding=None,
-    ):
-        if out_sharding is not None:
-            raise ValueError(f"`out_sharding` (={out_sharding!r}) is not supported by nm_conv.")
-        return nm_conv(
-            lhs,
-            rhs,
-            self.mask(),
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            grad_sparsity=self.grad_sparsity,
-            key=self.key(),
-        )
+    def __call__(self, lhs, rhs, *args, **kwargs):
+        conv = nm_conv_fn(self.mask(), grad_sparsity=self.grad_sparsity, key=self.key())
+        return conv(lhs, rhs, *args, **kwargs)
 
 
 class NMEinsum(NMOp):
