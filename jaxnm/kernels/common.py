@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnm.compressed import CompressedNM
+from jaxnm.kernels.blocks import BlockSizes, check_block_sizes
 from jaxnm.kernels.expand import RUN
 
 _KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -56,3 +57,21 @@ def poison(shape: tuple[int, ...], dtype) -> jax.Array:
     """A NaN-filled buffer: passed as the kernel's aliased output, any tile the kernel does not
     write stays NaN (a debugging / testing aid)."""
     return jnp.full(shape, jnp.nan, dtype)
+
+
+def kernel_blocks(
+    x: jax.Array, c: CompressedNM, block_sizes: BlockSizes | None, backend: str
+) -> BlockSizes:
+    """Checks ``x (T, K)`` and ``c`` for the ``backend`` (``"gpu"``/``"tpu"``) Pallas kernel
+    and returns its tiles: ``block_sizes``, or :meth:`BlockSizes.for_shape` when None."""
+    name = backend.upper()
+    check_operands(x, c)
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"`x` must be 2-D (T, K) for the {name} kernel, got shape {jnp.shape(x)}.")
+    why = kernel_support(x, c)
+    if why:
+        raise ValueError(f"The {name} N:M kernel does not support this input: {why}.")
+    (tokens, k), n_out = x.shape, c.shape[1]
+    block = block_sizes or BlockSizes.for_shape(tokens, k, n_out, c.n, c.m, backend=backend)
+    check_block_sizes(block, k, n_out, c.n, c.m, backend)
+    return block

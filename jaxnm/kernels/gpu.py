@@ -23,8 +23,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from jaxnm.compressed import CompressedNM
-from jaxnm.kernels.blocks import BlockSizes, check_block_sizes
-from jaxnm.kernels.common import check_operands, kernel_support, pad_rows, poison, round_up
+from jaxnm.kernels.blocks import BlockSizes
+from jaxnm.kernels.common import kernel_blocks, pad_rows, poison, round_up
 from jaxnm.kernels.expand import RUN, expand_tile
 
 
@@ -68,15 +68,8 @@ def nm_matmul_gpu(
     Returns:
       ``(T, N)`` in ``result_type(x, c.dtype)``, float32 accumulation.
     """
-    check_operands(x, c)
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"`x` must be 2-D (T, K) for the GPU kernel, got shape {jnp.shape(x)}.")
-    why = kernel_support(x, c)
-    if why:
-        raise ValueError(f"The GPU N:M kernel does not support this input: {why}.")
+    block = kernel_blocks(x, c, block_sizes, "gpu")
     (tokens, k), n_out = x.shape, c.shape[1]
-    block = block_sizes or BlockSizes.for_shape(tokens, k, n_out, c.n, c.m, backend="gpu")
-    check_block_sizes(block, k, n_out, c.n, c.m, "gpu")
     bt, bk, bn = block.block_t, block.block_k, block.block_n
     padded = round_up(tokens, bt)
     out_dtype = jnp.result_type(x, c.dtype)

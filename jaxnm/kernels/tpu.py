@@ -18,8 +18,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxnm.compressed import CompressedNM
-from jaxnm.kernels.blocks import BlockSizes, check_block_sizes
-from jaxnm.kernels.common import check_operands, kernel_support, pad_rows, poison, round_up
+from jaxnm.kernels.blocks import BlockSizes
+from jaxnm.kernels.common import kernel_blocks, pad_rows, poison, round_up
 from jaxnm.kernels.expand import RUN, expand_tile
 
 
@@ -66,15 +66,8 @@ def nm_matmul_tpu(
     Returns:
       ``(T, N)`` in ``result_type(x, c.dtype)``, float32 accumulation.
     """
-    check_operands(x, c)
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"`x` must be 2-D (T, K) for the TPU kernel, got shape {jnp.shape(x)}.")
-    why = kernel_support(x, c)
-    if why:
-        raise ValueError(f"The TPU N:M kernel does not support this input: {why}.")
+    block = kernel_blocks(x, c, block_sizes, "tpu")
     (tokens, k), n_out = x.shape, c.shape[1]
-    block = block_sizes or BlockSizes.for_shape(tokens, k, n_out, c.n, c.m, backend="tpu")
-    check_block_sizes(block, k, n_out, c.n, c.m, "tpu")
     bt, bk, bn = block.block_t, block.block_k, block.block_n
     rows = bk * c.n // c.m
     padded = round_up(tokens, bt)
