@@ -27,6 +27,8 @@ CONFIGS = {
     "4:8-T + MVUE 1:2": dict(sparsity="4:8", transposable=True, grad_sparsity="mvue_1_2"),
 }
 
+RECIPE = TrainConfig()
+
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -35,11 +37,24 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     p.add_argument("--out", default="runs/accuracy_table")
+    # the recipe: the same for every configuration (the mask settings do not affect dense)
+    p.add_argument("--lr", type=float, default=RECIPE.lr)
+    p.add_argument("--weight-decay", type=float, default=RECIPE.weight_decay)
+    p.add_argument("--refresh-every", type=int, default=RECIPE.refresh_every)
+    p.add_argument("--freeze-masks", type=float, default=RECIPE.freeze_masks)
+    p.add_argument("--sparse-start", type=float, default=RECIPE.sparse_start)
+    p.add_argument("--srste", type=float, default=RECIPE.srste)
+    p.add_argument(
+        "--mask-method",
+        choices=["greedy", "exhaustive", "exact", "auto"],
+        default=RECIPE.mask_method,
+    )
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
     a = p.parse_args(argv)
     out = Path(a.out)
     results = {}
+    t_start = time.perf_counter()
     for name in a.configs:
         accs = []
         for seed in a.seeds:
@@ -53,6 +68,13 @@ def main(argv: list[str] | None = None) -> dict:
                 progress=False,
                 train_limit=a.train_limit,
                 test_limit=a.test_limit,
+                lr=a.lr,
+                weight_decay=a.weight_decay,
+                refresh_every=a.refresh_every,
+                freeze_masks=a.freeze_masks,
+                sparse_start=a.sparse_start,
+                srste=a.srste,
+                mask_method=a.mask_method,
                 **CONFIGS[name],
             )
             t0 = time.perf_counter()
@@ -62,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = accs
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"args": vars(a), "test_acc": results}, indent=2))
+    print(f"\nwall {time.perf_counter() - t_start:.0f} s; recipe {json.dumps(_recipe(a))}")
     print(f"\n| {a.model}, digits, {a.epochs} epochs | test accuracy (%) | per seed |")
     print("|---|---|---|")
     for name, accs in results.items():
@@ -70,6 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = ", ".join(f"{x:.2f}" for x in pct)
         print(f"| {name} | {pct.mean():.2f} ± {std:.2f} | {seeds} |")
     return results
+
+
+def _recipe(a: argparse.Namespace) -> dict:
+    keys = ("lr", "weight_decay", "refresh_every", "freeze_masks", "sparse_start", "srste")
+    return {k: getattr(a, k) for k in (*keys, "mask_method")}
 
 
 if __name__ == "__main__":

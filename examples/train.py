@@ -49,12 +49,36 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--refresh-every", type=int, default=defaults.refresh_every)
+    p.add_argument(
+        "--refresh-every",
+        type=int,
+        default=defaults.refresh_every,
+        help="steps between mask refreshes (sparse runs)",
+    )
     p.add_argument(
         "--freeze-masks",
         type=float,
         default=defaults.freeze_masks,
         help="fraction of training after which masks stop changing (1.0: never)",
+    )
+    p.add_argument(
+        "--sparse-start",
+        type=float,
+        default=defaults.sparse_start,
+        help="fraction of training run dense before the masks apply (0.0: sparse from step 0)",
+    )
+    p.add_argument(
+        "--srste",
+        type=float,
+        default=defaults.srste,
+        metavar="LAMBDA",
+        help="SR-STE weight: adds LAMBDA * (1 - mask) * w to the gradients of sparse kernels",
+    )
+    p.add_argument(
+        "--mask-method",
+        choices=["greedy", "exhaustive", "exact", "auto"],
+        default=defaults.mask_method,
+        help="transposable mask solver (exhaustive: optimal, cheap for 2:4)",
     )
     p.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
@@ -77,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         weight_decay=a.weight_decay,
         refresh_every=a.refresh_every,
         freeze_masks=a.freeze_masks,
+        sparse_start=a.sparse_start,
+        srste=a.srste,
+        mask_method=a.mask_method,
         train_limit=a.train_limit,
         test_limit=a.test_limit,
         progress=not a.no_progress,

@@ -63,11 +63,16 @@ def chain(
     optimizer: optax.GradientTransformation,
     *,
     refresh_every: int,
+    start_step: int = 0,
     end_step: int | None = None,
+    srste: float = 0.0,
+    method: str = "greedy",
 ) -> optax.GradientTransformation:
     """``optax.chain(jaxnm.sparsify(...), optimizer)``, or ``optimizer`` for dense runs.
 
-    ``end_step``: the step from which the masks stay frozen (``None``: refresh to the end).
+    ``start_step``: the first sparse step (dense before); ``end_step``: the step from which
+    the masks stay frozen (``None``: refresh to the end); ``srste``: the SR-STE weight;
+    ``method``: the transposable-mask solver.
     """
     if spec is None:
         return optimizer
@@ -76,7 +81,10 @@ def chain(
         spec.m,
         transposable=spec.transposable,
         refresh_every=refresh_every,
+        start_step=start_step,
         end_step=end_step,
+        srste=srste,
+        method=method,
     )
     return optax.chain(sparsify, optimizer)
 

@@ -52,6 +52,15 @@ class TrainConfig:
       freeze_masks: fraction of the training steps after which the masks stop changing
         (``jaxnm.sparsify(end_step=...)``), so the last epochs fine-tune fixed masks; ``1.0``
         refreshes until the end.
+      sparse_start: fraction of the training steps trained dense before the masks first
+        apply (``jaxnm.sparsify(start_step=...)``); ``0.0`` is sparse from the first step.
+        Must be below ``freeze_masks``. The final model is N:M sparse either way.
+      srste: SR-STE weight ``λ`` (``jaxnm.sparsify(srste=...)``): adds ``λ · (1 − mask) ⊙ w``
+        to the gradient of every sparsified kernel, before AdamW normalises it.
+      mask_method: solver of transposable masks (``jaxnm.sparsify(method=...)``):
+        ``"greedy"``, ``"exhaustive"`` (optimal, cheap for 2:4), ``"exact"`` or ``"auto"``.
+        ``refresh_every``, ``freeze_masks``, ``sparse_start``, ``srste`` and ``mask_method``
+        do not affect dense runs.
       augment: random shifts (and flips on CIFAR-10) of training images; ``None`` turns them
         on for the ResNet and off for the ViT (whose 2x2 patches on 8x8 digits do not
         tolerate 1-pixel shifts).
@@ -75,6 +84,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     refresh_every: int = 40
     freeze_masks: float = 0.8
+    sparse_start: float = 0.0
+    srste: float = 0.0
+    mask_method: str = "greedy"
     augment: bool | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -107,11 +119,40 @@ def build(cfg: TrainConfig, ds: data.Dataset) -> tuple[nnx.Module, nnx.Optimizer
     spe = steps_per_epoch(cfg, len(ds.x_train))
     spec = sparse.spec_from_config(cfg)
     total = cfg.epochs * spe
-    end_step = max(1, int(cfg.freeze_masks * total)) if cfg.freeze_masks < 1.0 else None
-    tx = make_tx(spec, cfg.lr, cfg.weight_decay, total, spe, cfg.refresh_every, end_step)
+    start_step, end_step = mask_schedule(cfg, total)
+    tx = make_tx(
+        spec,
+        cfg.lr,
+        cfg.weight_decay,
+        total,
+        spe,
+        cfg.refresh_every,
+        start_step,
+        end_step,
+        cfg.srste,
+        cfg.mask_method,
+    )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     sparse.attach(model, optimizer, spec, seed=cfg.seed)
     return model, optimizer
+
+
+def mask_schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int | None]:
+    """``(start_step, end_step)`` of ``jaxnm.sparsify`` for ``cfg``'s ``sparse_start`` and
+    ``freeze_masks`` fractions of ``total_steps`` (``end_step`` None: refresh to the end)."""
+    if not 0.0 <= cfg.sparse_start < 1.0:
+        raise ValueError(f"`sparse_start` (={cfg.sparse_start}) must lie in [0, 1).")
+    if not 0.0 < cfg.freeze_masks <= 1.0:
+        raise ValueError(f"`freeze_masks` (={cfg.freeze_masks}) must lie in (0, 1].")
+    if cfg.sparse_start >= cfg.freeze_masks:
+        raise ValueError(
+            f"`sparse_start` (={cfg.sparse_start}) must be below `freeze_masks` "
+            f"(={cfg.freeze_masks})."
+        )
+    start_step = int(cfg.sparse_start * total_steps)
+    if cfg.freeze_masks == 1.0:
+        return start_step, None
+    return start_step, max(start_step + 1, int(cfg.freeze_masks * total_steps))
 
 
 @functools.lru_cache(maxsize=16)
@@ -122,7 +163,10 @@ def make_tx(
     total_steps: int,
     warmup_steps: int,
     refresh_every: int,
+    start_step: int,
     end_step: int | None,
+    srste: float,
+    mask_method: str,
 ) -> optax.GradientTransformation:
     """The optimizer: ``[jaxnm.sparsify(...)] + adamw`` with warm-up and cosine decay to zero.
 
@@ -134,7 +178,15 @@ def make_tx(
         0.0, lr, warmup_steps=min(warmup_steps, total_steps - 1), decay_steps=total_steps
     )
     adamw = optax.adamw(schedule, weight_decay=weight_decay)
-    return sparse.chain(spec, adamw, refresh_every=refresh_every, end_step=end_step)
+    return sparse.chain(
+        spec,
+        adamw,
+        refresh_every=refresh_every,
+        start_step=start_step,
+        end_step=end_step,
+        srste=srste,
+        method=mask_method,
+    )
 
 
 @nnx.jit
@@ -289,7 +341,8 @@ def _check_config(path: Path, cfg: TrainConfig) -> None:
     """Writes ``config.json``; on resume, refuses a config that changes the run."""
     current = dataclasses.asdict(cfg)
     if cfg.resume and path.exists():
-        saved = json.loads(path.read_text())
+        # settings added after a run was saved count as their defaults
+        saved = {**dataclasses.asdict(TrainConfig()), **json.loads(path.read_text())}
         ignore = {"resume", "progress", "epochs", "out", "data_dir"}
         changed = {k for k in current if k not in ignore and saved.get(k) != current[k]}
         if changed:

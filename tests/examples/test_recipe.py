@@ -1,0 +1,150 @@
+"""Tests of the training-recipe settings of the examples: the flags of ``train.py`` and
+``run_accuracy_table.py`` (refresh period, mask freeze, dense start, SR-STE, mask solver), the
+mask schedule they give ``jaxnm.sparsify``, and the wiring into the optax chain."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import run_accuracy_table
+import train as train_script
+from nmexamples import sparse, training
+
+import jaxnm
+
+RECIPE_FLAGS = [
+    "--refresh-every",
+    "7",
+    "--freeze-masks",
+    "0.6",
+    "--sparse-start",
+    "0.25",
+    "--srste",
+    "0.002",
+    "--mask-method",
+    "exhaustive",
+]
+
+
+def test_train_flags_reach_the_config():
+    cfg = train_script.parse_args(["--sparsity", "2:4", "--transposable", *RECIPE_FLAGS])
+    assert (cfg.refresh_every, cfg.freeze_masks, cfg.sparse_start) == (7, 0.6, 0.25)
+    assert (cfg.srste, cfg.mask_method) == (0.002, "exhaustive")
+    defaults = train_script.parse_args([])
+    assert (defaults.srste, defaults.sparse_start) == (0.0, 0.0)
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--mask-method", "best"])
+
+
+def test_accuracy_table_passes_one_recipe_to_every_config(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        return [{"test_acc": 0.5 + 0.1 * cfg.seed}]
+
+    monkeypatch.setattr(run_accuracy_table, "train", fake_train)
+    results = run_accuracy_table.main(
+        ["--epochs", "3", "--seeds", "0", "1", "--out", str(tmp_path), *RECIPE_FLAGS]
+    )
+    assert len(seen) == 2 * len(run_accuracy_table.CONFIGS)
+    for cfg in seen:
+        assert (cfg.refresh_every, cfg.freeze_masks, cfg.sparse_start) == (7, 0.6, 0.25)
+        assert (cfg.srste, cfg.mask_method, cfg.epochs) == (0.002, "exhaustive", 3)
+    assert results["dense"] == [0.5, 0.6]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["args"]["srste"] == 0.002 and saved["test_acc"]["dense"] == [0.5, 0.6]
+
+
+def test_mask_schedule():
+    cfg = training.TrainConfig()
+    assert training.mask_schedule(cfg, 100) == (0, int(cfg.freeze_masks * 100))
+    assert training.mask_schedule(
+        dataclasses.replace(cfg, sparse_start=0.25, freeze_masks=0.5), 100
+    ) == (25, 50)
+    assert training.mask_schedule(dataclasses.replace(cfg, freeze_masks=1.0), 100) == (0, None)
+    # a sparse phase of at least one step even when the fractions round to the same step
+    assert training.mask_schedule(
+        dataclasses.replace(cfg, sparse_start=0.5, freeze_masks=0.51), 10
+    ) == (5, 6)
+    for bad, name in [
+        (dict(sparse_start=-0.1), "sparse_start"),
+        (dict(sparse_start=1.0), "sparse_start"),
+        (dict(freeze_masks=0.0), "freeze_masks"),
+        (dict(freeze_masks=1.5), "freeze_masks"),
+        (dict(sparse_start=0.5, freeze_masks=0.5), "below"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            training.mask_schedule(dataclasses.replace(cfg, **bad), 100)
+
+
+def _spec():
+    return sparse.SparseSpec(n=2, m=4, transposable=True, grad_sparsity=None)
+
+
+def test_chain_passes_srste():
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)), jnp.float32)
+    params = {"kernel": w}
+    tx = sparse.chain(_spec(), optax.sgd(1.0), refresh_every=1, srste=0.5)
+    state = tx.init(params)
+    mask = jaxnm.masks(state)["kernel"]
+    updates, _ = tx.update({"kernel": jnp.zeros_like(w)}, state, params)
+    # sgd(1.0) negates the gradient 0.5 * (1 - mask) * w
+    np.testing.assert_allclose(updates["kernel"], -0.5 * np.where(mask, 0.0, w), rtol=1e-6)
+    assert int(mask.sum()) == 32
+    plain = sparse.chain(_spec(), optax.sgd(1.0), refresh_every=1)
+    updates, _ = plain.update({"kernel": jnp.zeros_like(w)}, plain.init(params), params)
+    assert not np.any(updates["kernel"])
+
+
+def test_chain_passes_start_step_and_method():
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(8, 8)), jnp.float32)
+    params = {"kernel": w}
+    tx = sparse.chain(_spec(), optax.sgd(0.0), refresh_every=1, start_step=2)
+    state = tx.init(params)
+    masks = []
+    for _ in range(3):
+        masks.append(np.asarray(jaxnm.masks(state)["kernel"]))
+        _, state = tx.update({"kernel": jnp.zeros_like(w)}, state, params)
+    assert masks[0].all() and masks[1].all() and masks[2].sum() == 32
+    exhaustive = sparse.chain(_spec(), optax.sgd(0.0), refresh_every=1, method="exhaustive")
+    np.testing.assert_array_equal(
+        jaxnm.masks(exhaustive.init(params))["kernel"],
+        jaxnm.transposable_mask(w, 2, 4, method="exhaustive"),
+    )
+    with pytest.raises(ValueError, match="method"):
+        sparse.chain(_spec(), optax.sgd(0.0), refresh_every=1, method="best")
+
+
+def test_resume_accepts_configs_saved_before_new_settings(tmp_path):
+    cfg = training.TrainConfig(out=str(tmp_path), resume=True)
+    old = dataclasses.asdict(cfg)
+    del old["srste"], old["sparse_start"], old["mask_method"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    training._check_config(tmp_path / "config.json", cfg)  # defaults: accepted
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="srste"):
+        training._check_config(tmp_path / "config.json", dataclasses.replace(cfg, srste=1e-3))
+
+
+def test_train_run_with_recipe_flags_ends_transposable(tmp_path):
+    tiny = ["--epochs", "2", "--batch-size", "32", "--train-limit", "64", "--test-limit", "32"]
+    flags = ["--sparsity", "2:4", "--transposable", "--refresh-every", "1", "--sparse-start"]
+    flags += ["0.5", "--srste", "0.01", "--mask-method", "exhaustive", "--no-progress"]
+    history = train_script.main([*tiny, *flags, "--out", str(tmp_path)])
+    assert [r["step"] for r in history] == [2, 4]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["sparse_start"], saved["srste"], saved["mask_method"]) == (
+        0.5,
+        0.01,
+        "exhaustive",
+    )
+    _, _, optimizer, _ = training.load_run(tmp_path)
+    masks = [m for m in jax.tree.leaves(jaxnm.masks(optimizer.opt_state)) if m is not None]
+    assert len(masks) == 8
+    for mask in masks:
+        assert bool(jaxnm.is_transposable_nm(mask, 2, 4))
