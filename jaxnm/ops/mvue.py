@@ -141,14 +141,15 @@ def mvue_with_mask(
 def uniforms(key: jax.Array, shape: tuple[int, ...], count: int) -> list[jax.Array]:
     """``count`` float32 arrays of ``shape`` with uniform entries in ``[0, 1)``.
 
-    Only ``2·count`` words are drawn with ``jax.random`` (threefry by default); the entries
-    come from a counter-based integer hash (two rounds of the ``lowbias32`` mixer of
-    C. Wellons) of the entry's index keyed by those words. The hash is a bijection of
-    ``uint32``, so over random keys every entry is *exactly* uniform on the grid
-    ``{0, 2⁻²³, …, 1 − 2⁻²³}`` (as ``jax.random.uniform``), which is all unbiasedness needs;
-    different entries are decorrelated by the hash. It fuses into the consumer, where
-    ``jax.random.uniform`` costs a separate multi-pass loop (measured in one run on the
-    2-core CPU: MVUE 2:4 of a 4096×3072 float32 gradient 314 ms → 130 ms).
+    Only ``2·count`` words are drawn with ``jax.random`` (threefry by default); entry ``i``
+    is ``lowbias32(i ^ w₀) ^ w₁`` (the ``lowbias32`` integer hash of C. Wellons, a bijection
+    of ``uint32``). As ``w₁`` is uniform, over random keys every entry is *exactly* uniform
+    on the grid ``{0, 2⁻²³, …, 1 − 2⁻²³}`` (as ``jax.random.uniform``), which is all
+    unbiasedness needs; different entries are decorrelated by the hash. It fuses into the
+    consumer, where ``jax.random.uniform`` costs a separate multi-pass loop (measured in one
+    run on the 2-core CPU: MVUE 2:4 of a 4096×3072 float32 gradient 314 ms → 130 ms). One
+    round of the hash instead of two cut the fused MVUE 2:4 time by about a sixth
+    (BENCHMARKS.md, Training ops); the uniformity and decorrelation tests hold either way.
 
     Args:
       key: PRNG key (typed or raw ``uint32[2]``).
@@ -165,7 +166,7 @@ def uniforms(key: jax.Array, shape: tuple[int, ...], count: int) -> list[jax.Arr
     index = lax.iota(jnp.uint32, size).reshape(shape)
     out = []
     for j in range(count):
-        bits = _lowbias32(_lowbias32(index ^ words[j, 0]) ^ words[j, 1])
+        bits = _lowbias32(index ^ words[j, 0]) ^ words[j, 1]
         mantissa = (bits >> 9) | jnp.uint32(0x3F800000)  # [1, 2) with 23 random bits
         out.append(lax.bitcast_convert_type(mantissa, jnp.float32) - 1)
     return out
@@ -219,32 +220,42 @@ def _exact_1_2(a, u):
 
 
 def _exact_2_4(a, u):
+    """Exact 2:4 MVUE as systematic sampling on one line, evaluated slot by slot.
+
+    Balanced groups lay the four magnitudes ``b_i`` end to end (total ``S``) and keep the
+    intervals holding ``t₁ = u·S/2`` and ``t₂ = t₁ + S/2``: ``p_i = 2b_i/S``, value
+    ``sign(a_i)·S/2``. Dominant groups keep the first maximum as is and lay out only the other
+    three (total ``R``), keeping the interval holding ``t₁ = u·R``: ``p_j = b_j/R``, value
+    ``sign(a_j)·R``. Both cases share ``t₁ = u·H`` with ``H = S/2`` or ``R`` (the kept
+    magnitude), so each slot only tests its own interval ``[lo_i, hi_i)``; XLA fuses the four
+    slots into one loop (measured about half the time of picking indices and one-hot
+    decoding them, BENCHMARKS.md).
+    """
     b = [jnp.abs(ai) for ai in a]
-    cum = _cumsum(b)
-    s = cum[-1]
+    s = sum(b)
     amax = jnp.maximum(jnp.maximum(b[0], b[1]), jnp.maximum(b[2], b[3]))
     dominant = 2 * amax >= s * (1 - _DOMINANT_TOL)  # also every all-zero group
-
-    # Balanced case: p_i = 2|a_i| / S; systematic sampling at u and u + 1, scaled by S.
-    bounds = [2 * c for c in cum[:-1]]
-    us = u * s
-    keep_a = [p | q for p, q in zip(_pick(bounds, us), _pick(bounds, us + s), strict=True)]
-
-    # Dominant case: keep the first maximum as is, one of the others with prob. |a_j| / R.
-    is_max = _first_other([bi != amax for bi in b])
-    rest = _cumsum([jnp.where(d, 0, bi) for d, bi in zip(is_max, b, strict=True)])
-    r_tot = rest[-1]
-    other = _pick(rest[:-1], u * r_tot)
-    # R == 0 (at most one nonzero): keep the lowest other position, value 0.
-    other = [jnp.where(r_tot > 0, o, f) for o, f in zip(other, _first_other(is_max), strict=True)]
-
-    keep = [jnp.where(dominant, d | o, ka) for d, o, ka in zip(is_max, other, keep_a, strict=True)]
-    magnitude = [
-        jnp.where(dominant, jnp.where(d, bi, r_tot), s / 2) for d, bi in zip(is_max, b, strict=True)
-    ]
-    values = [
-        jnp.where(k, jnp.copysign(mg, ai), 0) for k, mg, ai in zip(keep, magnitude, a, strict=True)
-    ]
+    is_dom = [dominant & d for d in _first_other([bi != amax for bi in b])]
+    bounds = _cumsum([jnp.where(d, 0, bi) for d, bi in zip(is_dom, b, strict=True)])
+    total = bounds[-1]
+    half = jnp.where(dominant, total, total / 2)  # H, the kept magnitude
+    t1 = u * half  # < total, as u <= 1 - 2**-23
+    # t1 + H < total in exact arithmetic; clamp to the float below total against rounding up.
+    below_total = lax.bitcast_convert_type(
+        lax.bitcast_convert_type(total, jnp.int32 if total.dtype == jnp.float32 else jnp.int64) - 1,
+        total.dtype,
+    )
+    t2 = jnp.minimum(t1 + half, below_total)
+    # total == 0 (at most one nonzero): keep the lowest position other than the maximum.
+    spare = _first_other(is_dom)
+    values, keep = [], []
+    lo = jnp.zeros_like(s)
+    for i, hi in enumerate(bounds):
+        first, second = (lo <= t1) & (t1 < hi), (lo <= t2) & (t2 < hi)
+        k = jnp.where(total > 0, first, spare[i]) | jnp.where(dominant, is_dom[i], second)
+        keep.append(k)
+        values.append(jnp.where(k, jnp.where(is_dom[i], a[i], jnp.copysign(half, a[i])), 0))
+        lo = hi
     return values, keep
 
 

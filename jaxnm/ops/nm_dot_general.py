@@ -69,6 +69,41 @@ class _DotConfig(NamedTuple):
         )
         return prune_tokens(g3, self.spec, key).reshape(shape)
 
+    def weight_grad(self, lhs, g, rhs):
+        """``∂(lhs · rhs)/∂rhs`` applied to ``g``: one ``dot_general`` in ``rhs``'s axis order.
+
+        Contracts the lhs free axes of ``lhs`` with the token axes of ``g`` so that the result
+        comes out as ``(batch, contracting, free)``, which is ``rhs``'s own order for the usual
+        kernel layouts (``(in, out)``; then no transpose is emitted). ``jax.linear_transpose``
+        instead emits ``dot_general(g, lhs)`` followed by a transpose, which XLA on CPU lowers
+        with a transposed copy of ``g``; when ``g`` is MVUE-pruned, that copy absorbs the whole
+        pruning computation into a strided, unvectorised loop (measured ~10× slower than
+        pruning in ``g``'s own layout, see BENCHMARKS.md, Train step).
+        """
+        (lc, rc), (lb, rb) = self.dimension_numbers
+        nb = len(lb)
+        free = tuple(i for i in range(lhs.ndim) if i not in lc and i not in lb)
+        dims = ((free, tuple(range(nb, nb + len(free)))), (lb, tuple(range(nb))))
+        out = lax.dot_general(
+            lhs,
+            g,
+            dims,
+            precision=self.precision,
+            preferred_element_type=self.preferred_element_type,
+        )
+        # ``out`` axes: batch (paired as lb/rb), lhs contracting axes in lhs order, rhs free.
+        contract_order = sorted(lc)
+        rhs_free = [i for i in range(rhs.ndim) if i not in rc and i not in rb]
+        source = {}
+        for j, axis in enumerate(rb):
+            source[axis] = j
+        for axis_l, axis_r in zip(lc, rc, strict=True):
+            source[axis_r] = nb + contract_order.index(axis_l)
+        for k, axis in enumerate(rhs_free):
+            source[axis] = nb + len(lc) + k
+        out = lax.transpose(out, tuple(source[axis] for axis in range(rhs.ndim)))
+        return out.astype(rhs.dtype)
+
 
 def nm_dot_general(
     lhs: jax.Array,
@@ -273,10 +308,12 @@ def masked_linear(cfg, lhs, rhs, mask, key, srste):
 
     Shared by :func:`nm_dot_general` and :func:`jaxnm.ops.nm_conv`. ``cfg`` is a hashable
     settings object with ``apply(lhs, rhs)`` (a linear map in each argument),
-    ``prune_output(g, lhs_ndim, key)`` (MVUE of ``dY`` along its token axes), ``spec`` and
-    ``use_srste``. Backward: ``dlhs`` through ``rhs ⊙ mask``; ``drhs`` from the pruned ``dY``
-    (when ``spec`` is set), straight through to the dense ``rhs``, plus the SR-STE term;
-    no gradient for ``mask``, ``key`` or ``srste``.
+    ``prune_output(g, lhs_ndim, key)`` (MVUE of ``dY`` along its token axes), ``spec``,
+    ``use_srste`` and, optionally, ``weight_grad(lhs, g, rhs)`` (the transposed map in
+    ``rhs``, used for a pruned ``dY``; else ``jax.linear_transpose`` of ``apply``).
+    Backward: ``dlhs`` through ``rhs ⊙ mask``; ``drhs`` from the pruned ``dY`` (when ``spec``
+    is set), straight through to the dense ``rhs``, plus the SR-STE term; no gradient for
+    ``mask``, ``key`` or ``srste``.
     """
     del key, srste
     return cfg.apply(lhs, apply_mask(rhs, mask))
@@ -290,9 +327,12 @@ def _masked_linear_bwd(cfg, res, g):
     lhs, rhs, mask, key, srste = res
     w_eff = apply_mask(rhs, mask)
     (dlhs,) = jax.linear_transpose(lambda x: cfg.apply(x, w_eff), lhs)(g)
-    if cfg.spec is not None:
-        g = cfg.prune_output(g, lhs.ndim, key)
-    (drhs,) = jax.linear_transpose(lambda w: cfg.apply(lhs, w), rhs)(g)
+    if cfg.spec is not None and hasattr(cfg, "weight_grad"):
+        drhs = cfg.weight_grad(lhs, cfg.prune_output(g, lhs.ndim, key), rhs)
+    else:
+        if cfg.spec is not None:
+            g = cfg.prune_output(g, lhs.ndim, key)
+        (drhs,) = jax.linear_transpose(lambda w: cfg.apply(lhs, w), rhs)(g)
     if cfg.use_srste:
         drhs = drhs + srste_term(rhs, mask, srste)
     return dlhs, drhs, None, None, None

@@ -88,6 +88,39 @@ def test_batch_and_multi_axis_dimension_numbers():
     np.testing.assert_array_less(_rel_err(dx, jnp.einsum("tf,abf->tab", dy, w * mask)), 1e-5)
 
 
+@pytest.mark.parametrize(
+    "x_shape,w_shape,dn",
+    [
+        # Weight in (out, in) layout: the rhs free axis comes before the contracting one.
+        ((6, 4), (3, 4), (((1,), (1,)), ((), ()))),
+        # Crossed contracting pairs, rhs batch axis last, lhs tokens between the others.
+        ((2, 6, 4, 5), (3, 4, 2, 5), (((2, 0), (1, 2)), ((3,), (3,)))),
+        # lhs tokens first and last, lhs batch in the middle.
+        ((3, 2, 4, 5), (2, 4, 6), (((2,), (1,)), ((1,), (0,)))),
+    ],
+)
+@pytest.mark.parametrize("grad_sparsity", [None, "mvue_2_4"])
+def test_weight_gradient_in_any_axis_order(x_shape, w_shape, dn, grad_sparsity):
+    k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+    x, w = jax.random.normal(k1, x_shape), jax.random.normal(k2, w_shape)
+    mask = jax.random.bernoulli(k3, 0.5, w.shape)
+    dy = jax.random.normal(k3, jax.eval_shape(lambda: lax.dot_general(x, w, dn)).shape)
+    # Two nonzero tokens in every group of 4 (flattened lhs free axes): MVUE keeps them as is,
+    # so the pruned weight gradient must equal the dense one.
+    (lc, _), (lb, _) = dn
+    free = [x_shape[i] for i in range(len(x_shape)) if i not in lc and i not in lb]
+    tokens = (np.arange(np.prod(free)) % 4 < 2).reshape(free)
+    dy = dy * tokens.reshape((1,) * len(lb) + tokens.shape + (1,) * (dy.ndim - len(lb) - len(free)))
+    fn = lambda a, b: nm_dot_general(  # noqa: E731
+        a, b, mask, dn, grad_sparsity=grad_sparsity, key=jax.random.key(0)
+    )
+    y, dx, dw = _vjp(fn, x, w, dy)
+    y_ref, dx_ref, _ = _vjp(lambda a, b: lax.dot_general(a, b * mask, dn), x, w, dy)
+    _, _, dw_ref = _vjp(lambda a, b: lax.dot_general(a, b, dn), x, w, dy)  # straight-through
+    for got, want in [(y, y_ref), (dx, dx_ref), (dw, dw_ref)]:
+        np.testing.assert_array_less(_rel_err(got, want), 1e-5)
+
+
 def test_check_grads_input_and_all_ones_mask():
     x, w, mask, _ = _problem(t=4, d=8, f=4, dtype=jnp.float64 if jax.config.x64_enabled else None)
     # The input gradient is the true derivative for any mask.
