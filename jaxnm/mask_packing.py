@@ -7,7 +7,8 @@ Flax kernels) is stored as ``(..., R // m, C)`` words of ``uint8`` (``m <= 8``),
 ``m = 4``, against 8 bits for a ``bool`` mask. The packed array keeps the rank and the
 axis order of the mask, so a ``PartitionSpec`` that shards the weight shards its packed
 mask the same way (as long as the sharded size of ``R // m`` divides evenly), and packing
-and unpacking are elementwise plus a reshape that never crosses a shard boundary.
+and unpacking are elementwise plus a reshape that never crosses a shard boundary (on
+meshes with ``Explicit`` axes the reshapes state that sharding, see :mod:`jaxnm._sharding`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnm._checks import check_group_axis
+from jaxnm._sharding import reshape
 
 MAX_GROUP = 32
 
@@ -61,7 +63,7 @@ def pack(mask: jax.Array, m: int) -> jax.Array:
     dtype = word_dtype(m)
     packed_shape(jnp.shape(mask), m)
     *lead, rows, cols = jnp.shape(mask)
-    groups = (jnp.asarray(mask) != 0).reshape(*lead, rows // m, m, cols).astype(dtype)
+    groups = reshape(jnp.asarray(mask) != 0, (*lead, rows // m, m, cols)).astype(dtype)
     weights = (np.ones((), dtype) << np.arange(m, dtype=dtype)).reshape(m, 1)
     return jnp.sum(groups * weights, axis=-2, dtype=dtype)
 
@@ -88,4 +90,4 @@ def unpack(bits: jax.Array, m: int) -> jax.Array:
     *lead, groups, cols = bits.shape
     shifts = np.arange(m, dtype=dtype).reshape(m, 1)
     keep = (bits[..., :, None, :] >> shifts) & np.ones((), dtype)
-    return keep.astype(bool).reshape(*lead, groups * m, cols)
+    return reshape(keep.astype(bool), (*lead, groups * m, cols))

@@ -42,6 +42,7 @@ import optax
 from jax import lax
 
 from jaxnm._checks import check_nm
+from jaxnm._sharding import explicit_sharding
 from jaxnm.mask_packing import pack, packed_shape, unpack, word_dtype
 from jaxnm.masks.nm import nm_mask
 from jaxnm.masks.tiles import from_tiles, to_tiles
@@ -161,7 +162,8 @@ def sparsify(
         return pack(nm_mask(w, n, m, axis=-2), m)
 
     def dense_masks(masks: Any) -> Any:
-        return _map_masks(lambda bits: jnp.full(bits.shape, _all_ones(m), bits.dtype), masks)
+        # full_like keeps the masks' sharding (lax.switch branches must agree on it).
+        return _map_masks(lambda bits: jnp.full_like(bits, _all_ones(m)), masks)
 
     def init_fn(params: Any) -> SparsifyState:
         masks = _select_leaves(params, select, m, transposable)
@@ -397,7 +399,10 @@ def _all_ones(m: int) -> int:
 
 
 def _packed_ones(w, m: int) -> jax.Array:
-    return jnp.full(packed_shape(tuple(np.shape(w)), m), _all_ones(m), word_dtype(m))
+    """All-ones packed mask of ``w``, sharded as ``pack`` shards ``w``'s mask."""
+    if explicit_sharding(w) is None:
+        return jnp.full(packed_shape(tuple(np.shape(w)), m), _all_ones(m), word_dtype(m))
+    return pack(jnp.ones_like(w, dtype=bool), m)
 
 
 def _is_variable(x) -> bool:

@@ -88,12 +88,119 @@ SCRIPT = textwrap.dedent(
     """
 )
 
+# The same on a mesh with Explicit axes ("sharding in types"): the arrays' types carry their
+# shardings, so every reshape in the mask refresh and packing must state its output sharding.
+EXPLICIT_SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import re
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    import jaxnm
 
-def test_sharded_training_matches_one_device():
+    assert jax.device_count() == 8
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    specs = {
+        "l1": {"kernel": P("data", "model"), "bias": P("model")},
+        "l2": {"kernel": P("model", None)},
+    }
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    k1, k2, kx = jax.random.split(jax.random.key(0), 3)
+    params = {
+        "l1": {"kernel": jax.random.normal(k1, (64, 32)), "bias": jnp.zeros(32)},
+        "l2": {"kernel": jax.random.normal(k2, (32, 16))},
+    }
+    x = jax.random.normal(kx, (16, 64))
+    y = jnp.sin(x[:, :16])
+
+    def make_step(tx, sharded):
+        # Explicit mode asks for the output sharding of matmuls with sharded contractions.
+        out1, out2 = (P("data", "model"), P("data", None)) if sharded else (None, None)
+
+        @jax.jit
+        def step(params, state, x, y):
+            def loss_fn(p):
+                p = jaxnm.apply_masks(p, jaxnm.masks(state))
+                h = jnp.tanh(jnp.matmul(x, p["l1"]["kernel"], out_sharding=out1) + p["l1"]["bias"])
+                out = jnp.matmul(h, p["l2"]["kernel"], out_sharding=out2)
+                return jnp.mean((out - y) ** 2)
+
+            grads = jax.grad(loss_fn)(params)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        return step
+
+    def run(tx, params, x, y, sharded):
+        step = make_step(tx, sharded)
+        state = tx.init(params)
+        masks = []
+        for _ in range(6):
+            params, state = step(params, state, x, y)
+            masks.append(jaxnm.masks(state))
+        return params, state, masks
+
+    settings = [
+        dict(refresh_every=2),  # refreshes at steps 2 and 4
+        dict(refresh_every=1, start_step=2, end_step=4, dense_tail=True, srste=1e-2),
+    ]
+    for kwargs in settings:
+        tx = optax.chain(jaxnm.sparsify(2, 4, transposable=True, **kwargs), optax.sgd(0.1))
+        p1, s1, masks1 = run(tx, params, x, y, sharded=False)
+        with jax.set_mesh(mesh):
+            ps = jax.device_put(params, shardings)
+            xs, ys = (jax.device_put(a, NamedSharding(mesh, P("data", None))) for a in (x, y))
+            p8, s8, masks8 = run(tx, ps, xs, ys, sharded=True)
+            # Same masks (after every step) and params as on one device.
+            jax.tree.map(np.testing.assert_array_equal, masks1, masks8)
+            jax.tree.map(
+                lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p8
+            )
+            # Masks keep the params' sharding, in the arrays' types too.
+            for name in ("l1", "l2"):
+                sh = shardings[name]["kernel"]
+                for arr in (s8[0].masks[name]["kernel"], masks8[-1][name]["kernel"]):
+                    assert arr.sharding.is_equivalent_to(sh, 2), (name, arr.sharding)
+                    assert jax.typeof(arr).sharding.spec == sh.spec, (name, jax.typeof(arr))
+                assert p8[name]["kernel"].sharding.is_equivalent_to(sh, 2)
+
+    # The refresh alone moves no weight between devices.
+    with jax.set_mesh(mesh):
+        ps = jax.device_put(params, shardings)
+        refresher = jaxnm.sparsify(2, 4, transposable=True, refresh_every=1)
+        state = refresher.init(ps)
+
+        def refresh(p, s):
+            return refresher.update(jax.tree.map(jnp.zeros_like, p), s, p)[1]
+
+        compiled = jax.jit(refresh).lower(ps, state).compile()
+        hlo = compiled.as_text()
+        assert not re.search(r"all-gather|all-to-all|collective-permute|reduce-scatter", hlo)
+        for line in hlo.splitlines():
+            if "all-reduce(" in line:
+                assert re.search(r"= (pred|s32|f32)\\[\\] all-reduce", line), line
+        out = compiled.output_shardings.masks
+        for name in ("l1", "l2"):
+            assert out[name]["kernel"].is_equivalent_to(shardings[name]["kernel"], 2), out
+    print("OK")
+    """
+)
+
+
+def _run_on_8_devices(script: str) -> None:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     env.pop("JAX_PLATFORMS", None)
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().endswith("OK")
+
+
+def test_sharded_training_matches_one_device():
+    _run_on_8_devices(SCRIPT)
+
+
+def test_explicit_mesh_training_matches_one_device():
+    _run_on_8_devices(EXPLICIT_SCRIPT)
