@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         pct = 100 * np.asarray(accs)
         std = pct.std(ddof=1) if len(pct) > 1 else 0.0
         seeds = ", ".join(f"{x:.2f}" for x in pct)
-        # rounded, + 0.0: a zero gap prints as +0.00, not -0.00
-        gap = "—" if dense is None or name == "dense" else round(pct.mean() - dense, 2) + 0.0
-        gap = gap if isinstance(gap, str) else f"{gap:+.2f}"
+        gap = "—"
+        if dense is not None and name != "dense":
+            gap = f"{round(pct.mean() - dense, 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
         print(f"| {name} | {pct.mean():.2f} ± {std:.2f} | {seeds} | {gap} |")
     return results
 
