@@ -40,12 +40,12 @@ def test_train_flags_reach_the_config():
         train_script.parse_args(["--mask-method", "best"])
 
 
-def test_accuracy_table_passes_one_recipe_to_every_config(monkeypatch, tmp_path):
+def test_accuracy_table_passes_one_recipe_to_every_config(monkeypatch, tmp_path, capsys):
     seen = []
 
     def fake_train(cfg):
         seen.append(cfg)
-        return [{"test_acc": 0.5 + 0.1 * cfg.seed}]
+        return [{"test_acc": 0.5 + 0.1 * cfg.seed + 0.2 * (cfg.sparsity == "4:8")}]
 
     monkeypatch.setattr(run_accuracy_table, "train", fake_train)
     results = run_accuracy_table.main(
@@ -58,6 +58,10 @@ def test_accuracy_table_passes_one_recipe_to_every_config(monkeypatch, tmp_path)
     assert results["dense"] == [0.5, 0.6]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["args"]["srste"] == 0.002 and saved["test_acc"]["dense"] == [0.5, 0.6]
+    table = capsys.readouterr().out
+    assert "| dense | 55.00 ± 7.07 | 50.00, 60.00 | — |" in table
+    assert "| 2:4-T + MVUE 1:2 | 55.00 ± 7.07 | 50.00, 60.00 | +0.00 |" in table
+    assert "| 4:8-T | 75.00 ± 7.07 | 70.00, 80.00 | +20.00 |" in table
 
 
 def test_mask_schedule():
