@@ -6,8 +6,13 @@ alike; the script prints median times and the median of the per-round ratios to 
 baseline measured in the same round. Nothing is accelerated on CPU: this measures the cost
 jaxnm adds (masking, MVUE sampling, custom_vjp plumbing).
 
+With ``--batch B`` the activations are ``(B, tokens // B, d_in)`` (as in a transformer
+layer, e.g. ``nnx.Linear`` on ``(batch, seq, dim)``) instead of ``(tokens, d_in)``; XLA lays
+out the weight-gradient GEMM differently for the two (see BENCHMARKS.md).
+
 Usage:
   python benchmarks/ops.py [--tokens 4096] [--d-in 768] [--d-out 3072] [--rounds 15]
+                           [--batch 1]
 """
 
 from __future__ import annotations
@@ -56,12 +61,16 @@ def main() -> None:
     parser.add_argument("--d-in", type=int, default=768)
     parser.add_argument("--d-out", type=int, default=3072)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=1, help="split tokens into (batch, seq)")
     args = parser.parse_args()
+    if args.batch < 1 or args.tokens % args.batch:
+        parser.error(f"--batch (={args.batch}) must be >= 1 and divide --tokens ({args.tokens})")
+    lead = (args.tokens,) if args.batch == 1 else (args.batch, args.tokens // args.batch)
 
     kx, kw, kg, kk = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(kx, (args.tokens, args.d_in), jnp.float32)
+    x = jax.random.normal(kx, (*lead, args.d_in), jnp.float32)
     w = jax.random.normal(kw, (args.d_in, args.d_out), jnp.float32) * 0.02
-    dy = jax.random.normal(kg, (args.tokens, args.d_out), jnp.float32)
+    dy = jax.random.normal(kg, (*lead, args.d_out), jnp.float32)
     mask = jaxnm.nm_mask(w, 2, 4)
     fns = variants(mask)
 
@@ -84,7 +93,7 @@ def main() -> None:
 
     base = times["dense x @ w"]
     print(
-        f"fwd+bwd, x ({args.tokens}, {args.d_in}) @ w ({args.d_in}, {args.d_out}), float32, "
+        f"fwd+bwd, x {x.shape} @ w ({args.d_in}, {args.d_out}), float32, "
         f"{jax.devices()[0].platform}, {args.rounds} interleaved rounds"
     )
     print(f"{'variant':30s} {'median ms':>10s} {'ratio':>7s} {'first call s':>13s}")

@@ -20,10 +20,10 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 def reshape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """``x.reshape(shape)``, keeping an explicit sharding on the outer part of each axis.
 
-    Every output axis whose block (its size times the sizes of the axes after it) equals
-    the block of an input axis inherits that input axis' mesh axes (the first such output
-    axis, so a split keeps the sharding on its outer part and a merge takes it from its
-    outer input axis); the other output axes are unsharded.
+    Every output axis of size > 1 whose block (its size times the sizes of the axes after
+    it) equals the block of an input axis inherits that input axis' mesh axes (the first
+    such output axis, so a split keeps the sharding on its outer part and a merge takes it
+    from its outer input axis); the other output axes are unsharded.
 
     Args:
       x: array of any shape; sharded or not.
@@ -47,7 +47,7 @@ def reshape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     out_spec, used = [], set()
     for j in range(len(shape)):
         block = math.prod(shape[j:])
-        if block in by_block and block not in used:
+        if shape[j] > 1 and block in by_block and block not in used:
             used.add(block)
             out_spec.append(by_block[block])
         else:

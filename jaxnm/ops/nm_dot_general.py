@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
+from jaxnm._sharding import explicit_sharding, reshape
 from jaxnm.ops.grad_prune import (
     GradSparsity,
     check_grad_key,
@@ -64,24 +65,36 @@ class _DotConfig(NamedTuple):
         nb = len(lb)
         nt = lhs_ndim - len(lc) - nb
         shape = g.shape
-        g3 = g.reshape(
-            math.prod(shape[:nb]), math.prod(shape[nb : nb + nt]), math.prod(shape[nb + nt :])
+        g3 = reshape(
+            g,
+            (math.prod(shape[:nb]), math.prod(shape[nb : nb + nt]), math.prod(shape[nb + nt :])),
         )
-        return prune_tokens(g3, self.spec, key).reshape(shape)
+        return reshape(prune_tokens(g3, self.spec, key), shape)
 
     def weight_grad(self, lhs, g, rhs):
-        """``∂(lhs · rhs)/∂rhs`` applied to ``g``: one ``dot_general`` in ``rhs``'s axis order.
+        """``∂(lhs · rhs)/∂rhs`` applied to ``g``, as one ``dot_general`` with no transposes.
 
-        Contracts the lhs free axes of ``lhs`` with the token axes of ``g`` so that the result
-        comes out as ``(batch, contracting, free)``, which is ``rhs``'s own order for the usual
-        kernel layouts (``(in, out)``; then no transpose is emitted). ``jax.linear_transpose``
-        instead emits ``dot_general(g, lhs)`` followed by a transpose, which XLA on CPU lowers
-        with a transposed copy of ``g``; when ``g`` is MVUE-pruned, that copy absorbs the whole
-        pruning computation into a strided, unvectorised loop (measured ~10× slower than
-        pruning in ``g``'s own layout, see BENCHMARKS.md, Train step).
+        Usual kernels (no batch axes; ``lhs`` contracted on its trailing axes and ``rhs`` on
+        its leading ones, in order, e.g. Dense ``(in, out)``) flatten to the 2-D GEMM
+        ``lhs(T, K)ᵀ · g(T, N)``, reshaped to ``rhs``'s shape (all reshapes are free).
+        Otherwise the result is contracted as ``(batch, contracting, free)`` and permuted
+        to ``rhs``'s axis order. ``jax.linear_transpose`` instead emits ``dot_general(g,
+        lhs)`` followed by a transpose, which XLA on CPU lowers with a transposed copy of
+        ``g``; a pruned ``g`` is then computed inside that strided copy, ~10× slower than
+        in ``g``'s own layout (BENCHMARKS.md, Train step).
         """
         (lc, rc), (lb, rb) = self.dimension_numbers
-        nb = len(lb)
+        nb, nc = len(lb), len(lc)
+        if not lb and lc == tuple(range(lhs.ndim - nc, lhs.ndim)) and rc == tuple(range(nc)):
+            k = math.prod(rhs.shape[:nc])
+            out = lax.dot_general(
+                lhs.reshape(-1, k),
+                g.reshape(-1, rhs.size // k),
+                (((0,), (0,)), ((), ())),
+                precision=self.precision,
+                preferred_element_type=self.preferred_element_type,
+            )
+            return out.reshape(rhs.shape).astype(rhs.dtype)
         free = tuple(i for i in range(lhs.ndim) if i not in lc and i not in lb)
         dims = ((free, tuple(range(nb, nb + len(free)))), (lb, tuple(range(nb))))
         out = lax.dot_general(
@@ -100,7 +113,7 @@ class _DotConfig(NamedTuple):
         for axis_l, axis_r in zip(lc, rc, strict=True):
             source[axis_r] = nb + contract_order.index(axis_l)
         for k, axis in enumerate(rhs_free):
-            source[axis] = nb + len(lc) + k
+            source[axis] = nb + nc + k
         out = lax.transpose(out, tuple(source[axis] for axis in range(rhs.ndim)))
         return out.astype(rhs.dtype)
 
@@ -310,7 +323,7 @@ def masked_linear(cfg, lhs, rhs, mask, key, srste):
     settings object with ``apply(lhs, rhs)`` (a linear map in each argument),
     ``prune_output(g, lhs_ndim, key)`` (MVUE of ``dY`` along its token axes), ``spec``,
     ``use_srste`` and, optionally, ``weight_grad(lhs, g, rhs)`` (the transposed map in
-    ``rhs``, used for a pruned ``dY``; else ``jax.linear_transpose`` of ``apply``).
+    ``rhs``; ``jax.linear_transpose`` of ``apply`` when absent or on Explicit meshes).
     Backward: ``dlhs`` through ``rhs ⊙ mask``; ``drhs`` from the pruned ``dY`` (when ``spec``
     is set), straight through to the dense ``rhs``, plus the SR-STE term; no gradient for
     ``mask``, ``key`` or ``srste``.
@@ -327,11 +340,12 @@ def _masked_linear_bwd(cfg, res, g):
     lhs, rhs, mask, key, srste = res
     w_eff = apply_mask(rhs, mask)
     (dlhs,) = jax.linear_transpose(lambda x: cfg.apply(x, w_eff), lhs)(g)
-    if cfg.spec is not None and hasattr(cfg, "weight_grad"):
-        drhs = cfg.weight_grad(lhs, cfg.prune_output(g, lhs.ndim, key), rhs)
+    if cfg.spec is not None:
+        g = cfg.prune_output(g, lhs.ndim, key)
+    # On Explicit-sharding meshes JAX's own transpose rule picks the output sharding.
+    if hasattr(cfg, "weight_grad") and all(explicit_sharding(a) is None for a in (lhs, rhs, g)):
+        drhs = cfg.weight_grad(lhs, g, rhs)
     else:
-        if cfg.spec is not None:
-            g = cfg.prune_output(g, lhs.ndim, key)
         (drhs,) = jax.linear_transpose(lambda w: cfg.apply(lhs, w), rhs)(g)
     if cfg.use_srste:
         drhs = drhs + srste_term(rhs, mask, srste)

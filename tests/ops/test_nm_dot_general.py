@@ -95,6 +95,8 @@ def test_batch_and_multi_axis_dimension_numbers():
         ((6, 4), (3, 4), (((1,), (1,)), ((), ()))),
         # Crossed contracting pairs, rhs batch axis last, lhs tokens between the others.
         ((2, 6, 4, 5), (3, 4, 2, 5), (((2, 0), (1, 2)), ((3,), (3,)))),
+        # Usual layout with two token and two contracting axes (the flat 2-D GEMM path).
+        ((3, 5, 4, 2), (4, 2, 6), (((2, 3), (0, 1)), ((), ()))),
         # lhs tokens first and last, lhs batch in the middle.
         ((3, 2, 4, 5), (2, 4, 6), (((2,), (1,)), ((1,), (0,)))),
     ],
