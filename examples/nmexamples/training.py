@@ -54,7 +54,8 @@ class TrainConfig:
         refreshes until the end.
       sparse_start: fraction of the training steps trained dense before the masks first
         apply (``jaxnm.sparsify(start_step=...)``); ``0.0`` is sparse from the first step.
-        Must be below ``freeze_masks``. The final model is N:M sparse either way.
+        Must be below ``freeze_masks``. The final model is N:M sparse either way; MVUE
+        gradient pruning (``grad_sparsity``) stays on during the dense phase.
       srste: SR-STE weight ``λ`` (``jaxnm.sparsify(srste=...)``): adds ``λ · (1 − mask) ⊙ w``
         to the gradient of every sparsified kernel, before AdamW normalises it.
       mask_method: solver of transposable masks (``jaxnm.sparsify(method=...)``):
