@@ -8,8 +8,9 @@ Forward ``Y = lhs · (rhs ⊙ mask)``. Backward (``jax.custom_vjp``):
   ``prune`` is MVUE along the token axes of ``dY`` (see :mod:`jaxnm.ops.grad_prune`);
 * no gradient to ``mask`` (zeros; ``float0`` for a bool mask), ``key`` or ``srste``.
 
-The transposed GEMMs are derived with ``jax.linear_transpose`` of the forward contraction, so
-any ``dimension_numbers`` (batch dimensions included) are supported. Reverse mode only
+The input gradient is ``jax.linear_transpose`` of the forward contraction; the weight
+gradient is one transpose-free ``dot_general`` (:meth:`_DotConfig.weight_grad`). Any
+``dimension_numbers`` (batch dimensions included) are supported. Reverse mode only
 (``jax.jvp`` of a ``custom_vjp`` function is not defined).
 
 Keys: MVUE is stochastic and needs a fresh key per step and per layer, e.g.
