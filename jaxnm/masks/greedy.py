@@ -155,8 +155,11 @@ def _greedy_round(
     w = bits.words
     row_kept = [kept[:, i] for i in range(w)]  # words (K, m) over columns
     col_kept = [kept[:, w + i] for i in range(w)]  # words (K, m) over rows
-    row_count, col_count = bits.count(row_kept), bits.count(col_kept)  # (K, m)
-    cap = jnp.asarray(n, bits.dtype)
+    # Counts and comparisons in int32 (as fast here): a uint8 compare fused with a broadcast
+    # once crashed XLA:CPU's LLVM instruction selection on AVX-512 in a draft.
+    row_count = bits.count(row_kept).astype(jnp.int32)  # (K, m)
+    col_count = bits.count(col_kept).astype(jnp.int32)
+    cap = n
     row_open, col_open = row_count < cap, col_count < cap
     # Available entries: unkept, in an open row and an open column.
     row_avail = [
@@ -171,15 +174,15 @@ def _greedy_round(
     in_row = row_count[:, :, None]
     in_col = col_count[:, None, :]
     for a, better_w in zip(row_avail, [better[:, i] for i in range(w)], strict=True):
-        in_row = in_row + lax.population_count(a[:, :, None] & better_w)
+        in_row = in_row + lax.population_count(a[:, :, None] & better_w).astype(jnp.int32)
     for a, better_w in zip(col_avail, [better[:, w + i] for i in range(w)], strict=True):
-        in_col = in_col + lax.population_count(a[:, None, :] & better_w)
+        in_col = in_col + lax.population_count(a[:, None, :] & better_w).astype(jnp.int32)
     chosen = bits.unpack(row_avail) & (in_row < cap) & (in_col < cap)  # (K, m, m)
     row_kept = [k | c for k, c in zip(row_kept, bits.pack(chosen, 2), strict=True)]
     col_kept = [k | c for k, c in zip(col_kept, bits.pack(chosen, 1), strict=True)]
     # Still available: an unkept entry in an open row and an open column.
-    row_open = bits.count(row_kept) < cap
-    col_open = bits.pack(bits.count(col_kept) < cap, 1)
+    row_open = bits.count(row_kept).astype(jnp.int32) < cap
+    col_open = bits.pack(bits.count(col_kept).astype(jnp.int32) < cap, 1)
     left = [
         jnp.where(row_open, ~k & o[:, None], 0) for k, o in zip(row_kept, col_open, strict=True)
     ]
