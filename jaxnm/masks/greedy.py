@@ -30,26 +30,36 @@ from jax import lax
 from jaxnm.masks.residual import cancel_cycles, compacted_rounds, finite_scores
 
 
-def _visit_keys(scores: jax.Array) -> jax.Array:
-    """Distinct int32 keys that order every tile's entries, best first (larger is better).
+def _ordered_int(x: jax.Array) -> jax.Array:
+    """int32 keys ordered like the float32 values ``x`` (finite or infinite)."""
+    i = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return i ^ ((i >> 31) & 0x7FFFFFFF)
 
-    The float bits of a score (ordered like the score for ``s >= 0``; the NaN marker ``-1``
-    sorts below) with the lowest ``log2(m*m)`` mantissa bits replaced by the position, so
-    equal scores put the lower position first. Scores that agree in all but those lowest
-    bits (relative difference below ``m*m * 2**-23``) count as ties.
+
+def _position_keys(values: jax.Array) -> jax.Array:
+    """Distinct int32 keys ordering every tile's entries by value, best first.
+
+    The order-preserving int32 image of a float32 value with its lowest ``log2(m*m)`` bits
+    replaced by the position, so equal values put the lower position first. Values that
+    agree in all but those lowest bits (relative difference below ``m*m * 2**-23``) count
+    as ties.
 
     Args:
-      scores: float32 ``(B, m, m)`` tile scores.
+      values: float ``(B, m, m)`` per-entry values (scores, gains).
 
     Returns:
-      int32 ``(B, m, m)``, distinct within each tile.
+      int32 ``(B, m, m)``, distinct within each tile; larger is better.
     """
-    m = scores.shape[-1]
-    p = m * m
-    low = (1 << (p - 1).bit_length()) - 1
-    bits = lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.int32)
-    pos = jnp.arange(p, dtype=jnp.int32).reshape(m, m)
-    return (bits & ~low) | (p - 1 - pos)
+    m = values.shape[-1]
+    low = (1 << (m * m - 1).bit_length()) - 1
+    pos = jnp.arange(m * m, dtype=jnp.int32).reshape(m, m)
+    return (_ordered_int(values) & ~low) | (low - pos)
+
+
+def _key_position(key: jax.Array, m: int) -> jax.Array:
+    """Inverse of the position part of :func:`_position_keys`: flat position ``row*m+col``."""
+    low = (1 << (m * m - 1).bit_length()) - 1
+    return low - (key & low)
 
 
 def _bit_words(m: int) -> tuple[jnp.dtype, int]:
@@ -136,7 +146,7 @@ def greedy_keep(scores: jax.Array, n: int) -> jax.Array:
     """
     m = scores.shape[-1]
     bits = _Bits(m)
-    key = _visit_keys(scores)
+    key = _position_keys(scores)  # the visiting order
     # (B, 2 * words, m, m): better entries of the row, then of the column, per word.
     better = jnp.stack(bits.better(key, 2) + bits.better(key, 1), axis=1)
     # State (B, 2 * words, m): each row's kept columns, then each column's kept rows.
@@ -155,21 +165,9 @@ def _greedy_round(
     w = bits.words
     row_kept = [kept[:, i] for i in range(w)]  # words (K, m) over columns
     col_kept = [kept[:, w + i] for i in range(w)]  # words (K, m) over rows
-    # Counts and comparisons in int32 (as fast here): a uint8 compare fused with a broadcast
-    # once crashed XLA:CPU's LLVM instruction selection on AVX-512 in a draft.
-    row_count = bits.count(row_kept).astype(jnp.int32)  # (K, m)
-    col_count = bits.count(col_kept).astype(jnp.int32)
-    cap = n
-    row_open, col_open = row_count < cap, col_count < cap
-    # Available entries: unkept, in an open row and an open column.
-    row_avail = [
-        jnp.where(row_open, ~k & o[:, None], 0)
-        for k, o in zip(row_kept, bits.pack(col_open, 1), strict=True)
-    ]
-    col_avail = [
-        jnp.where(col_open, ~k & o[:, None], 0)
-        for k, o in zip(col_kept, bits.pack(row_open, 1), strict=True)
-    ]
+    row_count, col_count = _counts(bits, row_kept), _counts(bits, col_kept)  # (K, m)
+    row_avail = _available(bits, row_kept, row_count < n, col_count < n)  # over columns
+    col_avail = _available(bits, col_kept, col_count < n, row_count < n)  # over rows
     # Kept plus better available entries in the row / column of every entry.
     in_row = row_count[:, :, None]
     in_col = col_count[:, None, :]
@@ -177,23 +175,42 @@ def _greedy_round(
         in_row = in_row + lax.population_count(a[:, :, None] & better_w).astype(jnp.int32)
     for a, better_w in zip(col_avail, [better[:, w + i] for i in range(w)], strict=True):
         in_col = in_col + lax.population_count(a[:, None, :] & better_w).astype(jnp.int32)
-    chosen = bits.unpack(row_avail) & (in_row < cap) & (in_col < cap)  # (K, m, m)
+    chosen = bits.unpack(row_avail) & (in_row < n) & (in_col < n)  # (K, m, m)
     row_kept = [k | c for k, c in zip(row_kept, bits.pack(chosen, 2), strict=True)]
     col_kept = [k | c for k, c in zip(col_kept, bits.pack(chosen, 1), strict=True)]
     # Still available: an unkept entry in an open row and an open column.
-    row_open = bits.count(row_kept).astype(jnp.int32) < cap
-    col_open = bits.pack(bits.count(col_kept).astype(jnp.int32) < cap, 1)
-    left = [
-        jnp.where(row_open, ~k & o[:, None], 0) for k, o in zip(row_kept, col_open, strict=True)
-    ]
+    left = _available(bits, row_kept, _counts(bits, row_kept) < n, _counts(bits, col_kept) < n)
     still = jnp.any(jnp.stack(left) != 0, axis=(0, 2))
     return jnp.stack(row_kept + col_kept, axis=1), still
 
 
-def _ordered_int(x: jax.Array) -> jax.Array:
-    """int32 keys ordered like the float32 values ``x`` (finite or infinite)."""
-    i = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-    return i ^ ((i >> 31) & 0x7FFFFFFF)
+def _counts(bits: _Bits, kept: list[jax.Array]) -> jax.Array:
+    """Kept entries per line, int32 ``(K, m)``.
+
+    int32, not the word type: a uint8 compare fused with a broadcast once crashed XLA:CPU's
+    LLVM instruction selection on AVX-512 in a draft (int32 measured as fast here).
+    """
+    return bits.count(kept).astype(jnp.int32)
+
+
+def _available(
+    bits: _Bits, kept: list[jax.Array], own_open: jax.Array, other_open: jax.Array
+) -> list[jax.Array]:
+    """Available entries of each line (unkept, own line and crossing line both open).
+
+    Args:
+      bits: the bit-set layout.
+      kept: words ``(K, m)``: each line's kept crossing lines.
+      own_open: bool ``(K, m)``: lines with fewer than ``n`` kept.
+      other_open: bool ``(K, m)``: the same for the crossing lines.
+
+    Returns:
+      words ``(K, m)``: each line's available crossing lines.
+    """
+    return [
+        jnp.where(own_open, ~k & o[:, None], 0)
+        for k, o in zip(kept, bits.pack(other_open, 1), strict=True)
+    ]
 
 
 def _augment(scores: jax.Array, keep: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
@@ -205,8 +222,6 @@ def _augment(scores: jax.Array, keep: jax.Array, n: int) -> tuple[jax.Array, jax
     count as equal; any valid path keeps the counts right).
     """
     m = scores.shape[-1]
-    p = m * m
-    low = (1 << (p - 1).bit_length()) - 1
     ar = jnp.arange(m, dtype=jnp.int32)
     rows_short = jnp.sum(keep, axis=-1, dtype=jnp.int32) < n  # (B, m)
     cols_short = jnp.sum(keep, axis=-2, dtype=jnp.int32) < n
@@ -221,9 +236,8 @@ def _augment(scores: jax.Array, keep: jax.Array, n: int) -> tuple[jax.Array, jax
     s_col_c = jnp.take_along_axis(scores, c_idx, axis=2)
     valid = ~row_r & keep & ~col_c  # [b, r', c']: keep (r, c'), drop (r', c'), keep (r', c)
     gain = s_row_r - scores + s_col_c
-    pos = jnp.arange(p, dtype=jnp.int32).reshape(m, m)
-    key = jnp.where(valid, (_ordered_int(gain) & ~low) | (low - pos), jnp.iinfo(jnp.int32).min)
-    best = low - (jnp.max(key.reshape(-1, p), axis=-1) & low)
+    key = jnp.where(valid, _position_keys(gain), jnp.iinfo(jnp.int32).min)
+    best = _key_position(jnp.max(key.reshape(-1, m * m), axis=-1), m)
     rp, cp = (best // m)[:, None, None], (best % m)[:, None, None]
     rows, cols = ar[:, None], ar[None, :]
     add = ((rows == r_idx) & (cols == cp)) | ((rows == rp) & (cols == c_idx))
