@@ -31,7 +31,7 @@ from jaxnm.ops.grad_prune import (
     parse_grad_sparsity,
     prune_tokens,
 )
-from jaxnm.ops.nm_dot_general import masked_linear
+from jaxnm.ops.nm_dot_general import masked_linear, transpose_in_rhs
 
 
 class _ConvConfig(NamedTuple):
@@ -62,6 +62,10 @@ class _ConvConfig(NamedTuple):
             precision=self.precision,
             preferred_element_type=self.preferred_element_type,
         )
+
+    def weight_grad(self, lhs, g, rhs):
+        """``∂conv(lhs, rhs)/∂rhs`` applied to ``g`` (JAX's transpose of the convolution)."""
+        return transpose_in_rhs(self.apply, lhs, g, rhs)
 
     def prune_output(self, g, lhs_ndim: int, key):
         """MVUE along the flattened non-feature output axes (in memory order), per channel."""

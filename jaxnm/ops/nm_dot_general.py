@@ -84,6 +84,9 @@ class _DotConfig(NamedTuple):
         ``g``; a pruned ``g`` is then computed inside that strided copy, ~10× slower than
         in ``g``'s own layout (BENCHMARKS.md, Train step).
         """
+        if any(explicit_sharding(a) is not None for a in (lhs, rhs, g)):
+            # On Explicit-sharding meshes JAX's own transpose rule picks the output sharding.
+            return transpose_in_rhs(self.apply, lhs, g, rhs)
         (lc, rc), (lb, rb) = self.dimension_numbers
         nb, nc = len(lb), len(lc)
         if not lb and lc == tuple(range(lhs.ndim - nc, lhs.ndim)) and rc == tuple(range(nc)):
@@ -323,8 +326,8 @@ def masked_linear(cfg, lhs, rhs, mask, key, srste):
     Shared by :func:`nm_dot_general` and :func:`jaxnm.ops.nm_conv`. ``cfg`` is a hashable
     settings object with ``apply(lhs, rhs)`` (a linear map in each argument),
     ``prune_output(g, lhs_ndim, key)`` (MVUE of ``dY`` along its token axes), ``spec``,
-    ``use_srste`` and, optionally, ``weight_grad(lhs, g, rhs)`` (the transposed map in
-    ``rhs``; ``jax.linear_transpose`` of ``apply`` when absent or on Explicit meshes).
+    ``use_srste`` and ``weight_grad(lhs, g, rhs)`` (the transposed map in ``rhs``, e.g.
+    :func:`transpose_in_rhs`).
     Backward: ``dlhs`` through ``rhs ⊙ mask``; ``drhs`` from the pruned ``dY`` (when ``spec``
     is set), straight through to the dense ``rhs``, plus the SR-STE term; no gradient for
     ``mask``, ``key`` or ``srste``.
@@ -343,14 +346,26 @@ def _masked_linear_bwd(cfg, res, g):
     (dlhs,) = jax.linear_transpose(lambda x: cfg.apply(x, w_eff), lhs)(g)
     if cfg.spec is not None:
         g = cfg.prune_output(g, lhs.ndim, key)
-    # On Explicit-sharding meshes JAX's own transpose rule picks the output sharding.
-    if hasattr(cfg, "weight_grad") and all(explicit_sharding(a) is None for a in (lhs, rhs, g)):
-        drhs = cfg.weight_grad(lhs, g, rhs)
-    else:
-        (drhs,) = jax.linear_transpose(lambda w: cfg.apply(lhs, w), rhs)(g)
+    drhs = cfg.weight_grad(lhs, g, rhs)
     if cfg.use_srste:
         drhs = drhs + srste_term(rhs, mask, srste)
     return dlhs, drhs, None, None, None
 
 
 masked_linear.defvjp(_masked_linear_fwd, _masked_linear_bwd)
+
+
+def transpose_in_rhs(apply, lhs, g, rhs):
+    """``∂apply(lhs, rhs)/∂rhs`` applied to ``g`` by ``jax.linear_transpose`` of ``apply``.
+
+    Args:
+      apply: ``(lhs, rhs) -> out``, linear in ``rhs``.
+      lhs: the fixed first argument.
+      g: cotangent of the output, shaped like ``apply(lhs, rhs)``.
+      rhs: the point (only its shape and dtype matter).
+
+    Returns:
+      the cotangent of ``rhs``, shaped like ``rhs``.
+    """
+    (drhs,) = jax.linear_transpose(lambda w: apply(lhs, w), rhs)(g)
+    return drhs
