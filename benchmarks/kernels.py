@@ -70,7 +70,7 @@ def run(tokens, sizes, n: int, m: int, dtype, backend: str | None, repeats: int,
         w_dense = jnp.where(mask, w, 0).astype(dtype)
         for t in tokens:
             x = jnp.asarray(rng.standard_normal((t, size)), dtype)
-            path = select_backend(x, c, backend, False)
+            path = select_backend(x, c, backend, platform=jax.default_backend())
             ours = jax.jit(lambda x, c, path=path: nm_matmul(x, c, backend=path))
             base = jax.jit(
                 lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)

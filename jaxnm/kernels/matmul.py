@@ -7,37 +7,70 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxnm.compressed import CompressedNM, decompress, gather_kept
 from jaxnm.kernels.blocks import BlockSizes
-from jaxnm.kernels.common import check_operands, kernel_support
+from jaxnm.kernels.common import check_operands, kernel_blocks, kernel_support
 from jaxnm.kernels.gpu import nm_matmul_gpu
 from jaxnm.kernels.reference import nm_matmul_reference
 from jaxnm.kernels.tpu import nm_matmul_tpu
 
 _BACKENDS = ("xla", "gpu", "tpu")
-_PLATFORM_TO_BACKEND = {"gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+# Platforms that ``lax.platform_dependent`` tells apart, and each one's native kernel.
+_PLATFORM_KERNEL = {"cpu": "xla", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+_PLATFORM_ALIASES = {"gpu": "cuda"}
 
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-    backend: str
+    backend: str | None  # None: chosen per lowering platform (lax.platform_dependent)
     interpret: bool
     block_sizes: BlockSizes | None
 
 
-def select_backend(x: jax.Array, c: CompressedNM, backend: str | None, interpret: bool) -> str:
-    """The backend ``nm_matmul`` uses for ``(x, c)``.
+def select_backend(
+    x: jax.Array,
+    c: CompressedNM,
+    backend: str | None = None,
+    *,
+    platform: str = "cpu",
+    block_sizes: BlockSizes | None = None,
+) -> str:
+    """The backend ``nm_matmul`` uses for ``(x, c)`` when it is lowered for ``platform``.
 
-    ``None`` picks from ``jax.default_backend()``: the Pallas GPU kernel on GPU, the TPU
-    kernel on TPU when the kernels support the input (``n``, ``m`` powers of two, ``m >= 2``,
-    ``K*n/m`` a multiple of 8, float32/bfloat16/float16), else ``"xla"``. An explicit
-    ``"gpu"`` / ``"tpu"`` raises instead of falling back, and needs that device or
-    ``interpret=True``.
+    Args:
+      x: ``(T, K)`` activations (shape and dtype matter, not values).
+      c: 2-D :class:`~jaxnm.CompressedNM` of ``W (K, N)``.
+      backend: ``None`` (automatic), ``"xla"``, ``"gpu"`` or ``"tpu"``.
+      platform: the lowering platform, ``"cpu"``, ``"cuda"`` (or ``"gpu"``), ``"rocm"`` or
+        ``"tpu"`` (e.g. ``jax.default_backend()``, or a compile-only device's platform).
+      block_sizes: the tiles ``nm_matmul`` was given (``None``: the per-shape rule).
+
+    Returns:
+      ``"gpu"``, ``"tpu"`` or ``"xla"``. ``None`` picks the platform's kernel (``"gpu"`` on
+      CUDA/ROCm, ``"tpu"`` on TPU) when it supports the input (``n``, ``m`` powers of two,
+      ``m >= 2``, ``K*n/m`` a multiple of 8, float32/bfloat16/float16, and tiles the kernel
+      accepts), else ``"xla"`` (always on CPU). An explicit backend is returned as is, on any
+      platform, once the kernel is known to support the input (ValueError otherwise); a
+      kernel lowered for another platform than its own needs ``interpret=True`` (Pallas
+      refuses to lower it otherwise: "Only interpret mode is supported on CPU backend").
     """
+    platform = _PLATFORM_ALIASES.get(platform, platform)
+    if platform not in _PLATFORM_KERNEL:
+        raise ValueError(f"`platform` (={platform!r}) must be one of {tuple(_PLATFORM_KERNEL)}.")
     if backend is None:
-        chosen = _PLATFORM_TO_BACKEND.get(jax.default_backend(), "xla")
-        return "xla" if chosen != "xla" and kernel_support(x, c) else chosen
+        chosen = _PLATFORM_KERNEL[platform]
+        if chosen == "xla" or kernel_support(x, c):
+            return "xla"
+        if block_sizes is not None:
+            kernel_blocks(x, c, block_sizes, chosen)  # the user's tiles must fit: raise if not
+            return chosen
+        try:
+            kernel_blocks(x, c, None, chosen)
+        except ValueError:  # the per-shape rule finds no tiles (e.g. N not a multiple of 16)
+            return "xla"
+        return chosen
     if backend not in _BACKENDS:
         raise ValueError(f"`backend` (={backend!r}) must be None or one of {_BACKENDS}.")
     if backend == "xla":
@@ -45,22 +78,29 @@ def select_backend(x: jax.Array, c: CompressedNM, backend: str | None, interpret
     why = kernel_support(x, c)
     if why:
         raise ValueError(f"`backend={backend!r}`: the Pallas kernel does not support this: {why}.")
-    platform = jax.default_backend()
-    if not interpret and _PLATFORM_TO_BACKEND.get(platform) != backend:
-        raise ValueError(
-            f"`backend={backend!r}` needs a {backend.upper()} device, but jax.default_backend() "
-            f"is {platform!r}; pass interpret=True to run the kernel in Pallas' interpreter."
-        )
     return backend
 
 
-def _apply(cfg: _Config, x: jax.Array, c: CompressedNM) -> jax.Array:
-    """Forward on 2-D ``x (T, K)``."""
-    if cfg.backend == "gpu":
+def _run(backend: str, cfg: _Config, x: jax.Array, c: CompressedNM) -> jax.Array:
+    if backend == "gpu":
         return nm_matmul_gpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
-    if cfg.backend == "tpu":
+    if backend == "tpu":
         return nm_matmul_tpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
     return nm_matmul_reference(x, c)
+
+
+def _apply(cfg: _Config, x: jax.Array, c: CompressedNM) -> jax.Array:
+    """Forward on 2-D ``x (T, K)``: the configured backend, or one per lowering platform."""
+    if cfg.backend is not None:
+        return _run(cfg.backend, cfg, x, c)
+    per_platform = {
+        p: select_backend(x, c, None, platform=p, block_sizes=cfg.block_sizes)
+        for p in _PLATFORM_KERNEL
+    }
+    if set(per_platform.values()) == {"xla"}:
+        return nm_matmul_reference(x, c)
+    branches = {p: functools.partial(_run, b, cfg) for p, b in per_platform.items()}
+    return lax.platform_dependent(x, c, default=branches.pop("cpu"), **branches)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -102,8 +142,11 @@ def nm_matmul(
     """``x · W`` for a weight ``W (K, N)`` stored compressed N:M along ``K``.
 
     Backends: ``"gpu"`` (Pallas Triton kernel), ``"tpu"`` (Pallas Mosaic TPU kernel), ``"xla"``
-    (:func:`nm_matmul_reference`: decompress + one XLA dot; the CPU default). ``None`` chooses
-    from ``jax.default_backend()`` (see :func:`select_backend`). All accumulate in float32.
+    (:func:`nm_matmul_reference`: decompress + one XLA dot; the CPU path). ``None`` chooses
+    per platform the program is lowered for (``lax.platform_dependent``; see
+    :func:`select_backend`), not from the process's default backend: ``jax.jit(...).lower``
+    for a (compile-only) GPU device from a CPU host gets the GPU kernel, the CPU gets XLA.
+    All accumulate in float32.
 
     Differentiable (``jax.custom_vjp``; Pallas calls have no autodiff of their own):
 
@@ -128,8 +171,10 @@ def nm_matmul(
       ``(..., N)`` in ``result_type(x, c.dtype)``.
 
     Raises:
-      ValueError / TypeError: mismatched shapes, ``c`` not 2-D or not grouped along ``K``, a
-        kernel backend that cannot run here or does not support the input.
+      ValueError / TypeError: mismatched shapes, ``c`` not 2-D or not grouped along ``K``, an
+        explicit kernel backend that does not support the input, tiles that do not fit.
+        An explicit kernel lowered for another platform without ``interpret=True`` fails
+        when lowered (Pallas' error).
     """
     check_operands(x, c)
     k, n_out = c.shape
@@ -141,9 +186,10 @@ def nm_matmul(
             )
     lead = jnp.shape(x)[:-1]
     x2 = jnp.reshape(x, (-1, k))
-    chosen = select_backend(x2, c, backend, interpret)
-    if chosen != "xla" and c_t is not None:
-        select_backend(x2, c_t, chosen, interpret)  # the transpose must fit the kernel too
-    cfg = _Config(backend=chosen, interpret=bool(interpret), block_sizes=block_sizes)
+    if backend is not None:
+        chosen = select_backend(x2, c, backend)
+        if chosen != "xla" and c_t is not None:
+            select_backend(x2, c_t, chosen)  # the transpose must fit the kernel too
+    cfg = _Config(backend=backend, interpret=bool(interpret), block_sizes=block_sizes)
     y = _nm_matmul(cfg, x2, c, c_t)
     return y.reshape(*lead, n_out)

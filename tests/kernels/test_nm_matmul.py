@@ -159,20 +159,53 @@ def test_kernel_input_errors():
         nm_matmul_gpu(x, jnp.ones((64, 32)), interpret=True)
 
 
-def test_select_backend_on_cpu():
+def test_select_backend_per_platform():
     x, c, _ = _case(4, 64, 32, 2, 4, jnp.float32)
     assert jax.default_backend() == "cpu"
-    assert select_backend(x, c, None, False) == "xla"
-    assert select_backend(x, c, "gpu", True) == "gpu"
-    assert select_backend(x, c, "tpu", True) == "tpu"
-    with pytest.raises(ValueError, match="needs a GPU device"):
-        select_backend(x, c, "gpu", False)
+    platforms = ("cpu", "cuda", "gpu", "rocm", "tpu")
+    assert [select_backend(x, c, platform=p) for p in platforms] == [
+        "xla",
+        "gpu",
+        "gpu",
+        "gpu",
+        "tpu",
+    ]
+    # An explicit backend is what nm_matmul uses, whatever the platform.
+    assert select_backend(x, c, "gpu") == "gpu"
+    assert select_backend(x, c, "tpu", platform="cuda") == "tpu"
+    assert select_backend(x, c, "xla", platform="cuda") == "xla"
     with pytest.raises(ValueError, match="must be None or one of"):
-        select_backend(x, c, "triton", False)
+        select_backend(x, c, "triton")
+    with pytest.raises(ValueError, match=r"`platform` \(='metal'\) must be one of"):
+        select_backend(x, c, platform="metal")
     w = jnp.ones((15, 32))
     c35 = jaxnm.compress(w, jaxnm.nm_mask(w, 3, 5), 3, 5)
+    assert select_backend(jnp.ones((2, 15)), c35, platform="cuda") == "xla"
     with pytest.raises(ValueError, match="does not support"):
-        select_backend(jnp.ones((2, 15)), c35, "tpu", True)
+        select_backend(jnp.ones((2, 15)), c35, "tpu")
+    # The GPU rule finds no tiles for N = 8 (tiles >= 16): XLA there, the TPU kernel on TPU.
+    x8, c8, _ = _case(4, 64, 8, 2, 4, jnp.float32)
+    assert select_backend(x8, c8, platform="cuda") == "xla"
+    assert select_backend(x8, c8, platform="tpu") == "tpu"
+    # Tiles the user chose must fit the kernel the platform gets.
+    with pytest.raises(ValueError, match="powers of two"):
+        select_backend(x, c, platform="cuda", block_sizes=BlockSizes(24, 32, 16))
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_explicit_kernel_on_cpu_needs_interpret(backend):
+    x, c, ref = _case(4, 64, 32, 2, 4, jnp.float32)
+    with pytest.raises(ValueError, match="interpret"):
+        nm_matmul(x, c, backend=backend)
+    _assert_close(nm_matmul(x, c, backend=backend, interpret=True), ref, jnp.float32)
+
+
+def test_auto_backend_on_cpu_is_xla_also_for_shapes_only_some_kernels_take():
+    for n_out in (32, 8):
+        x, c, ref = _case(5, 64, n_out, 2, 4, jnp.float32)
+        text = jax.jit(nm_matmul).lower(x, c).as_text()
+        assert "custom_call" not in text
+        _assert_close(nm_matmul(x, c), ref, jnp.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
