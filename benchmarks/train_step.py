@@ -104,7 +104,7 @@ def timed_steps(model, optimizer, batch, steps):
 
 def _count(optimizer):
     try:
-        return int(jaxnm.transform.find_state(optimizer.opt_state).count[...])
+        return int(jaxnm.find_state(optimizer.opt_state).count[...])
     except ValueError:
         return None
 

@@ -30,7 +30,7 @@ from flax import nnx  # noqa: E402
 from nmexamples import sparse, training  # noqa: E402
 
 import jaxnm  # noqa: E402
-from jaxnm.transform import format_path, key_path_names  # noqa: E402
+from jaxnm import format_path, key_path_names  # noqa: E402
 
 
 def run_label(cfg: training.TrainConfig) -> str:

@@ -23,6 +23,17 @@ def check_nm(n: int, m: int) -> tuple[int, int]:
     return n, m
 
 
+def check_int(value, name: str, *, minimum: int) -> int:
+    """Validates a static Python int setting ``>= minimum`` and returns it."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a Python int, got {value!r}.") from None
+    if value < minimum:
+        raise ValueError(f"`{name}` (={value}) must be >= {minimum}.")
+    return value
+
+
 def _as_static_int(value, name: str) -> int:
     try:
         return operator.index(value)

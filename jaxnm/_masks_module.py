@@ -18,14 +18,14 @@ from typing import Any
 
 
 class CallableMasksModule(types.ModuleType):
-    """Module type of ``jaxnm.masks``; calling it is :func:`jaxnm.transform.current_masks`."""
+    """Module type of ``jaxnm.masks``; calling it is :func:`jaxnm.current_masks`."""
 
     def __call__(self, opt_state: Any) -> Any:
         """``jaxnm.masks(opt_state)``: the current masks of a :func:`jaxnm.sparsify` state.
 
-        See :func:`jaxnm.transform.current_masks`.
+        See :func:`jaxnm.current_masks`.
         """
-        from jaxnm.transform import current_masks
+        from jaxnm._state import current_masks
 
         return current_masks(opt_state)
 

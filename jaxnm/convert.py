@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnm._checks import check_nm
+from jaxnm._params import default_include
 from jaxnm.masks import nm_mask, transposable_mask
-from jaxnm.transform import _default_include
 
 Path = tuple[Any, ...]
 Include = Callable[[Path, jax.Array], bool]
@@ -239,7 +239,7 @@ def target_layers(
     Raises:
       ValueError: a selected kernel belongs to a grouped convolution or does not tile by m.
     """
-    select = _default_include(m, transposable) if include is None else include
+    select = default_include(m, transposable) if include is None else include
     layers = []
     for path, module in nnx.iter_modules(model):
         if not isinstance(module, (nnx.Linear, nnx.Conv)):

@@ -21,8 +21,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jaxnm._state import current_masks
 from jaxnm.linen.ops import NMConvGeneralDilated, NMDotGeneral
-from jaxnm.transform import current_masks
 
 
 class Dense(nn.Dense):

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnm._params import format_path, key_path_names
+from jaxnm._state import find_state
 from jaxnm.nnx.ops import NMConv, NMDotGeneral, NMEinsum, NMOp, check_einsum_kernel, einsum_plan
 from jaxnm.ops import parse_grad_sparsity
-from jaxnm.transform import find_state, format_path, key_path_names
 
 ModelT = TypeVar("ModelT", bound=nnx.Module)
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import jaxnm
-from jaxnm.transform import SparsifyState, find_state
+from jaxnm import SparsifyState, find_state
 
 N, M = 2, 4
 

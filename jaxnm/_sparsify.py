@@ -29,10 +29,7 @@ Semantics (one step = one ``update`` call; ``count`` = steps done so far):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import operator
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,37 +38,14 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxnm._checks import check_nm
+from jaxnm._checks import check_int, check_nm
+from jaxnm._params import Include, default_include, select_leaves
 from jaxnm._sharding import explicit_sharding
+from jaxnm._state import SparsifyState, map_masks, variable_array
 from jaxnm.mask_packing import pack, packed_shape, unpack, word_dtype
 from jaxnm.masks.nm import nm_mask
 from jaxnm.masks.tiles import from_tiles, to_tiles
 from jaxnm.masks.transposable import transposable_mask
-
-Path = tuple[Any, ...]
-Include = Callable[[Path, jax.Array], bool]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class SparsifyState:
-    """State of :func:`sparsify`.
-
-    A frozen dataclass pytree rather than a NamedTuple because the group size ``m`` must
-    stay static (it fixes the unpacked shape) and must travel with the masks through
-    ``nnx.Optimizer``, orbax and optax wrappers.
-
-    Attributes:
-      count: int32 scalar, number of updates applied so far.
-      masks: pytree matching the params: for every sparsified leaf ``(..., R, C)`` its mask
-        packed to ``(..., R // m, C)`` unsigned words (see :mod:`jaxnm.mask_packing`;
-        groups along axis ``-2``); ``None`` for parameters that are not sparsified.
-      m: the group size (static).
-    """
-
-    count: jax.Array
-    masks: Any
-    m: int = dataclasses.field(metadata=dict(static=True))
 
 
 def sparsify(
@@ -137,10 +111,10 @@ def sparsify(
     """
     n, m = check_nm(n, m)
     word_dtype(m)
-    refresh_every = _check_int(refresh_every, "refresh_every", minimum=1)
-    start_step = _check_int(start_step, "start_step", minimum=0)
+    refresh_every = check_int(refresh_every, "refresh_every", minimum=1)
+    start_step = check_int(start_step, "start_step", minimum=0)
     if end_step is not None:
-        end_step = _check_int(end_step, "end_step", minimum=start_step + 1)
+        end_step = check_int(end_step, "end_step", minimum=start_step + 1)
     if not isinstance(transposable, bool):
         raise TypeError(f"`transposable` must be a bool, got {transposable!r}.")
     if not isinstance(dense_tail, bool):
@@ -152,7 +126,7 @@ def sparsify(
     if transposable:
         # Traces the solver once on one tile: unknown methods fail here, not mid-training.
         jax.eval_shape(lambda w: transposable_mask(w, n, m, method=method), jnp.ones((m, m)))
-    select = include if include is not None else _default_include(m, transposable)
+    select = include if include is not None else default_include(m, transposable)
     use_srste = not (isinstance(srste, (int, float)) and srste == 0)
 
     @jax.jit
@@ -163,14 +137,14 @@ def sparsify(
 
     def dense_masks(masks: Any) -> Any:
         # full_like keeps the masks' sharding (lax.switch branches must agree on it).
-        return _map_masks(lambda bits: jnp.full_like(bits, _all_ones(m)), masks)
+        return map_masks(lambda bits: jnp.full_like(bits, _all_ones(m)), masks)
 
     def init_fn(params: Any) -> SparsifyState:
-        masks = _select_leaves(params, select, m, transposable)
+        masks = select_leaves(params, select, m, transposable)
         if start_step == 0:
-            masks = _map_masks(lambda _, p: solve_packed(p), masks, params)
+            masks = map_masks(lambda _, p: solve_packed(p), masks, params)
         else:
-            masks = _map_masks(lambda _, p: _packed_ones(p, m), masks, params)
+            masks = map_masks(lambda _, p: _packed_ones(p, m), masks, params)
         return SparsifyState(count=jnp.zeros([], jnp.int32), masks=masks, m=m)
 
     def update_fn(updates, state: SparsifyState, params=None, **extra_args):
@@ -194,7 +168,7 @@ def sparsify(
             branch,
             [
                 lambda: state.masks,
-                lambda: _map_masks(lambda _, p: solve_packed(p), state.masks, params),
+                lambda: map_masks(lambda _, p: solve_packed(p), state.masks, params),
                 lambda: dense_masks(state.masks),
             ],
         )
@@ -221,167 +195,9 @@ def _transposable_tilewise(w: jax.Array, n: int, m: int, method: str) -> jax.Arr
     return from_tiles(solve(tiles))
 
 
-def find_state(opt_state: Any) -> SparsifyState:
-    """The one :class:`SparsifyState` inside an optimizer state.
-
-    Searches any nesting: ``optax.chain`` tuples, ``optax.MultiSteps``,
-    ``optax.inject_hyperparams``, ``nnx.Optimizer.opt_state``.
-
-    Raises:
-      ValueError: no :class:`SparsifyState`, or more than one.
-    """
-    found = [
-        leaf
-        for leaf in jax.tree_util.tree_leaves(
-            opt_state, is_leaf=lambda x: isinstance(x, SparsifyState)
-        )
-        if isinstance(leaf, SparsifyState)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"`opt_state` must contain exactly one jaxnm.sparsify state, found {len(found)}."
-        )
-    return found[0]
-
-
-def current_masks(opt_state: Any) -> Any:
-    """The current masks held by :func:`sparsify` in an optimizer state (also ``jaxnm.masks``).
-
-    Args:
-      opt_state: the state of an optimizer that chains :func:`sparsify` (any nesting; see
-        :func:`find_state`).
-
-    Returns:
-      pytree matching the params the optimizer was initialised with: a bool mask of each
-      sparsified parameter's shape (N:M along axis ``-2``, or transposable over the last two
-      axes), ``None`` for the other parameters. These are the masks of the next forward pass.
-    """
-    state = find_state(opt_state)
-
-    def one(bits):
-        bits = _value(bits)
-        return None if bits is None else unpack(jnp.asarray(bits), state.m)
-
-    return jax.tree.map(one, state.masks, is_leaf=lambda x: x is None or _is_variable(x))
-
-
-def apply_masks(params: Any, masks: Any) -> Any:
-    """Effective weights ``params ⊙ masks`` with a straight-through gradient.
-
-    Args:
-      params: the (dense) params pytree.
-      masks: pytree as returned by :func:`current_masks`: bool (or 0/1 numeric) arrays of
-        the matching leaves' shapes, ``None`` where a parameter stays dense (``masks`` may also be a
-        prefix of ``params`` with ``None`` for whole dense subtrees).
-
-    Returns:
-      ``params`` with every masked leaf replaced by ``where(mask, leaf, 0)`` (same dtype).
-      The gradient flows to the dense leaf unmasked (straight-through estimator), so pruned
-      weights keep training and masks can change at the next refresh. Export a trained model
-      for inference with ``apply_masks(params, masks)`` outside any gradient.
-    """
-    return jax.tree.map(
-        lambda mask, p: p if mask is None else _masked_ste(p, mask),
-        masks,
-        params,
-        is_leaf=lambda x: x is None,
-    )
-
-
-@jax.custom_vjp
-def _masked_ste(w: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.where(mask, w, jnp.zeros((), w.dtype))
-
-
-def _masked_ste_fwd(w, mask):
-    return _masked_ste(w, mask), mask
-
-
-def _masked_ste_bwd(mask, g):
-    if jnp.issubdtype(mask.dtype, jnp.inexact):
-        return g, jnp.zeros_like(mask)
-    return g, np.zeros(np.shape(mask), jax.dtypes.float0)
-
-
-_masked_ste.defvjp(_masked_ste_fwd, _masked_ste_bwd)
-
-
-def key_path_names(path: tuple) -> Path:
-    """Plain names of a ``jax.tree_util`` key path: dict keys and attribute names as given
-    (str), sequence indices as int; the ``value`` attribute of Flax NNX Variables is dropped
-    so that paths agree between ``nnx.State`` of Variables and of plain arrays."""
-    names = []
-    for entry in path:
-        if isinstance(entry, jax.tree_util.DictKey):
-            names.append(entry.key)
-        elif isinstance(entry, jax.tree_util.SequenceKey):
-            names.append(entry.idx)
-        elif isinstance(entry, jax.tree_util.GetAttrKey):
-            if entry.name != "value":
-                names.append(entry.name)
-        elif isinstance(entry, jax.tree_util.FlattenedIndexKey):
-            names.append(entry.key)
-        else:
-            names.append(str(entry))
-    return tuple(names)
-
-
-def format_path(path: Path) -> str:
-    """``("layers", 0, "kernel") -> "layers/0/kernel"``."""
-    return "/".join(str(p) for p in path)
-
-
-def _default_include(m: int, transposable: bool) -> Include:
-    def include(path: Path, leaf) -> bool:
-        shape = np.shape(leaf)
-        if not path or path[-1] != "kernel" or len(shape) < 2:
-            return False
-        if transposable:
-            return shape[-1] % m == 0 and shape[-2] % m == 0
-        return shape[-2] % m == 0
-
-    return include
-
-
-def _select_leaves(params: Any, select: Include, m: int, transposable: bool) -> Any:
-    """Pytree matching ``params``: True for the sparsified leaves, None for the others."""
-
-    def one(path, leaf):
-        names = key_path_names(path)
-        if not select(names, leaf):
-            return None
-        shape = tuple(np.shape(leaf))
-        where = f"parameter `{format_path(names)}` (shape {shape})"
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(f"{where} is selected by `include` but is not floating.")
-        if len(shape) < 2:
-            raise ValueError(f"{where} is selected by `include` but has rank < 2.")
-        rows, cols = shape[-2:]
-        if rows % m or (transposable and cols % m):
-            need = "its last two axes" if transposable else "its axis -2"
-            raise ValueError(
-                f"{where} is selected by `include` but {need} are not multiples of m={m}; "
-                "exclude it with `include` or pad it."
-            )
-        return True
-
-    return jax.tree_util.tree_map_with_path(one, params)
-
-
-def _map_masks(fn: Callable, masks: Any, *rest: Any) -> Any:
-    """Maps ``fn`` over the non-None leaves of ``masks`` (and the matching leaves of
-    ``rest``); None leaves stay None."""
-    return jax.tree.map(
-        lambda mask, *xs: None if mask is None else fn(mask, *xs),
-        masks,
-        *rest,
-        is_leaf=lambda x: x is None,
-    )
-
-
 def _add_srste(updates: Any, masks: Any, params: Any, srste, m: int) -> Any:
     def one(bits, g, p):
-        keep = unpack(_array(bits), m)
+        keep = unpack(variable_array(bits), m)
         decay = jnp.where(keep, jnp.zeros((), p.dtype), p)
         return (g + jnp.asarray(srste, g.dtype) * decay).astype(g.dtype)
 
@@ -403,27 +219,3 @@ def _packed_ones(w, m: int) -> jax.Array:
     if explicit_sharding(w) is None:
         return jnp.full(packed_shape(tuple(np.shape(w)), m), _all_ones(m), word_dtype(m))
     return pack(jnp.ones_like(w, dtype=bool), m)
-
-
-def _is_variable(x) -> bool:
-    """Whether ``x`` is a Flax NNX Variable (``nnx.Optimizer`` wraps its state in them)."""
-    return callable(getattr(x, "get_value", None))
-
-
-def _value(x):
-    """The value inside a Flax NNX Variable (may be None), or ``x`` itself."""
-    return x.get_value() if _is_variable(x) else x
-
-
-def _array(x) -> jax.Array:
-    return jnp.asarray(_value(x))
-
-
-def _check_int(value, name: str, *, minimum: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be a Python int, got {value!r}.") from None
-    if value < minimum:
-        raise ValueError(f"`{name}` (={value}) must be >= {minimum}.")
-    return value
