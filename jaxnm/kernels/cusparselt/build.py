@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "csrc" / "jaxnm_cusparselt.cc"
+SHIM_DIR = Path(__file__).parent / "csrc" / "cusparse_shim"
 LIBRARY_NAME = "_jaxnm_cusparselt.so"
 DEFAULT_OUTPUT = Path(__file__).parent / LIBRARY_NAME
 
@@ -67,8 +68,7 @@ def find_toolchain(compiler: str | None = None) -> Toolchain:
     missing_wheels = (
         'install the optional extra: pip install -e ".[cusparselt]" (cu13: '
         "nvidia-cusparselt-cu13, nvidia-cuda-runtime, nvidia-cuda-crt; cu12: "
-        "nvidia-cusparselt-cu12, nvidia-cuda-runtime-cu12, nvidia-cuda-nvcc-cu12, "
-        "nvidia-cusparse-cu12)"
+        "nvidia-cusparselt-cu12, nvidia-cuda-runtime-cu12, nvidia-cuda-nvcc-cu12)"
     )
     header = _find(roots, "**/include/cusparseLt.h")
     runtime = _find(roots, "**/include/cuda_runtime_api.h")
@@ -87,8 +87,10 @@ def find_toolchain(compiler: str | None = None) -> Toolchain:
             raise BuildError(f"{what} not found (searched {searched}); {missing_wheels}.")
     includes = [Path(jax.ffi.include_dir()), header[0].parent, runtime[0].parent]
     includes += [c.parent.parent for c in crt]
-    # cu12's cusparseLt.h includes cusparse.h (nvidia-cusparse-cu12); cu13's has a stub.
-    includes += [p.parent for p in _find(roots, "**/include/cusparse.h")]
+    # cu12's cusparseLt.h includes cusparse.h for three enums: the real one when installed
+    # (nvidia-cusparse-cu12, ~370 MB), else csrc/cusparse_shim. cu13's has its own stub.
+    real = [p.parent for p in _find(roots, "**/include/cusparse.h")]
+    includes += real or [SHIM_DIR]
     unique = tuple(dict.fromkeys(includes))
     return Toolchain(cxx, unique, libs[0], cudart[0])
 

@@ -43,8 +43,12 @@ import numpy as np
 SUPPORTED_DTYPES = {
     jnp.dtype(jnp.bfloat16): (jnp.dtype(jnp.bfloat16),),
     jnp.dtype(jnp.float16): (jnp.dtype(jnp.float16),),
-    jnp.dtype(jnp.int8): (jnp.dtype(jnp.int8), jnp.dtype(jnp.int32), jnp.dtype(jnp.bfloat16),
-                          jnp.dtype(jnp.float16)),
+    jnp.dtype(jnp.int8): (
+        jnp.dtype(jnp.int8),
+        jnp.dtype(jnp.int32),
+        jnp.dtype(jnp.bfloat16),
+        jnp.dtype(jnp.float16),
+    ),
     jnp.dtype(jnp.float8_e4m3fn): (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)),
 }
 # Sparse-operand dtype -> cudaDataType code (library_types.h).
@@ -202,4 +206,3 @@ def _store(d: jax.Array, *, ld: int, order: str) -> jax.Array:
     index = (i * ld + j if order == "row" else i + j * ld).reshape(-1)
     flat = jnp.zeros((rows * cols,), d.dtype)
     return flat.at[index].set(d.reshape(-1))
-

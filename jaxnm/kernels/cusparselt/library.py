@@ -79,9 +79,7 @@ def load() -> ctypes.CDLL:
         ctypes.POINTER(ctypes.c_int64),
     ]
     for name, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(
-            name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA"
-        )
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA")
     return lib
 
 

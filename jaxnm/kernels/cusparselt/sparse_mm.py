@@ -169,7 +169,7 @@ def search_algorithm(
     load()
     key = jax.random.key(0)
     with jax.default_device(device):
-        a = (jax.random.normal(key, (rows, cols), jnp.float32) * _two_of_four(rows, cols))
+        a = jax.random.normal(key, (rows, cols), jnp.float32) * _two_of_four(rows, cols)
         b_shape = (n, cols) if transpose_b else (cols, n)
         b = jax.random.normal(key, b_shape, jnp.float32).astype(dtype)
         compressed = jax.jit(lambda a: compress(a.astype(dtype), check=False))(a)

@@ -61,6 +61,9 @@ class AlgIds(NamedTuple):
     weight_grad: int = -1
 
 
+DEFAULT_ALG_IDS = AlgIds()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Config:
     prune: Callable[[jax.Array, jax.Array], jax.Array] | None
@@ -102,7 +105,7 @@ def cusparselt_linear(
     weight_compression: WeightCompression = "step",
     compressed: CusparseLtWeight | None = None,
     check: bool = True,
-    alg_ids: AlgIds = AlgIds(),
+    alg_ids: AlgIds = DEFAULT_ALG_IDS,
     interpret: bool = False,
 ) -> jax.Array:
     """``x · (w ⊙ mask)`` with the forward and both gradients on cuSPARSELt (see module doc).
