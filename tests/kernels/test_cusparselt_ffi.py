@@ -1,0 +1,165 @@
+"""cuSPARSELt extension: the build, loading, FFI registration and deviceless H100/H200
+compiles of the forward, the backward and a whole train step (asserting that the cuSPARSELt
+custom calls are in the compiled module).
+
+Skipped, with the reason, where the extension cannot be built (no ``.[cusparselt]`` wheels or
+no C++ compiler) or no compile-only GPU device exists (no jax CUDA plugin). Nothing here runs
+on a GPU.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from jax.sharding import SingleDeviceSharding
+
+import jaxnm
+from jaxnm.kernels import cusparselt
+from jaxnm.kernels.cusparselt import library
+
+COMPRESS, MATMUL, SEARCH = library.TARGETS
+
+
+@pytest.fixture(scope="module")
+def extension(tmp_path_factory):
+    """Builds the extension into a temporary directory (the CI build step) and loads it."""
+    out = tmp_path_factory.mktemp("cusparselt") / "_jaxnm_cusparselt.so"
+    try:
+        cusparselt.build(out)
+    except cusparselt.BuildError as error:
+        pytest.skip(f"cannot build the cuSPARSELt extension here: {error}")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(library.ENV_VAR, str(out))
+    library.load.cache_clear()
+    yield cusparselt.load()
+    mp.undo()
+
+
+def custom_calls(fn, device, *args) -> list[str]:
+    """Custom-call targets of ``jit(fn)`` compiled for ``device`` (args: ShapeDtypeStructs)."""
+    s = SingleDeviceSharding(device)
+    placed = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) for a in args]
+    text = jax.jit(fn).trace(*placed).lower().compile().as_text()
+    return [
+        line.split('custom_call_target="')[1].split('"')[0]
+        for line in text.splitlines()
+        if 'custom_call_target="' in line
+    ]
+
+
+def test_extension_loads_and_registers(extension):
+    assert cusparselt.available()
+    version = cusparselt.version()
+    assert version == extension.jaxnm_cslt_header_version() and version >= 800
+    for symbol in library.TARGETS.values():
+        assert getattr(extension, symbol) is not None
+
+
+def test_forward_compiles_for_gpu(extension, gpu_target):
+    x = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((512, 256), jnp.bfloat16)
+
+    def forward(x, w):
+        return cusparselt.matmul(cusparselt.compress(w.T), x, transpose_b=True, alg_id=3)
+
+    targets = custom_calls(forward, gpu_target, x, w)
+    assert targets.count(COMPRESS) == 1 and targets.count(MATMUL) == 1, targets
+
+
+def test_nm_matmul_path_compiles_for_gpu(extension, gpu_target):
+    w = jnp.ones((256, 128), jnp.float16)
+    c = jaxnm.compress(w, jaxnm.nm_mask(w, 2, 4), 2, 4, axis=0)
+    x = jax.ShapeDtypeStruct((20, 256), jnp.float16)
+
+    def f(x, values, indices):
+        c2 = jaxnm.CompressedNM(values, indices, c.shape, c.n, c.m, c.axis)
+        return cusparselt.nm_matmul_cusparselt(x, c2)
+
+    targets = custom_calls(f, gpu_target, x, c.values, c.indices)
+    assert targets.count(COMPRESS) == 1 and targets.count(MATMUL) == 1, targets
+
+
+def mvue_2_4(g, key):
+    return jaxnm.mvue(g, 2, 4, key, axis=0)
+
+
+def test_backward_compiles_for_gpu(extension, gpu_target):
+    """Forward + both gradients: three compressions (Wᵀ, W, dyᵀ) and three sparse GEMMs,
+    no dense dot left for the three GEMMs."""
+    x = jax.ShapeDtypeStruct((512, 256), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16)
+    mask = jnp.ones((256, 512), bool)
+
+    def loss(x, w, key):
+        y = cusparselt.cusparselt_linear(x, w, mask, prune=mvue_2_4, key=key)
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+    def grads(x, w):
+        return jax.grad(loss, (0, 1))(x, w, jax.random.key(0))
+
+    targets = custom_calls(grads, gpu_target, x, w)
+    assert targets.count(COMPRESS) == 3 and targets.count(MATMUL) == 3, targets
+    assert not any("gemm" in t.lower() or "cublas" in t.lower() for t in targets), targets
+
+
+def train_step_targets(device) -> list[str]:
+    """A jitted sparse train step (sparsify with transposable 2:4 masks and greedy refresh
+    inside the step, MVUE 2:4 weight gradients) with every layer on cuSPARSELt."""
+    sizes = (128, 256, 128)
+    keys = jax.random.split(jax.random.key(0), len(sizes))
+    params = {
+        f"l{i}": {"kernel": jax.random.normal(k, (a, b)).astype(jnp.bfloat16)}
+        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=False))
+    }
+    tx = optax.chain(jaxnm.sparsify(2, 4, transposable=True, refresh_every=2), optax.sgd(0.1))
+    state = jax.eval_shape(tx.init, params)
+
+    def step(params, state, x, y):
+        def loss_fn(p):
+            masks = jaxnm.masks(state)
+            h = x
+            for i, name in enumerate(sorted(p)):
+                key = jax.random.fold_in(jax.random.key(1), i)
+                h = cusparselt.cusparselt_linear(
+                    h, p[name]["kernel"], masks[name]["kernel"], prune=mvue_2_4, key=key
+                )
+                h = jax.nn.relu(h)
+            return jnp.mean((h.astype(jnp.float32) - y) ** 2)
+
+        grads = jax.grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    x = jax.ShapeDtypeStruct((128, 128), jnp.bfloat16)
+    y = jax.ShapeDtypeStruct((128, 128), jnp.float32)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (params, state))
+    flat, tree = jax.tree.flatten((*abstract, x, y))
+
+    def flat_step(*leaves):
+        return step(*jax.tree.unflatten(tree, leaves))
+
+    return custom_calls(flat_step, device, *flat)
+
+
+def check_train_step(targets: list[str], layers: int = 2) -> None:
+    # Three sparse GEMMs per layer, less the first layer's unused input gradient.
+    gemms = 3 * layers - 1
+    assert targets.count(COMPRESS) == gemms and targets.count(MATMUL) == gemms, targets
+
+
+@pytest.mark.parametrize(
+    "gpu_target", ["h100", pytest.param("h200", marks=pytest.mark.slow)], indirect=True
+)
+def test_train_step_compiles_for_gpu(extension, gpu_target):
+    check_train_step(train_step_targets(gpu_target))
+
+
+def test_unregistered_target_fails_to_compile(gpu_target):
+    """Without registration XLA refuses the custom call: registration is what the tests
+    above exercise."""
+
+    def f(x):
+        return jax.ffi.ffi_call("jaxnm_cslt_not_registered", jax.ShapeDtypeStruct((), jnp.int32))(x)
+
+    with pytest.raises(Exception, match="(?i)no.*(handler|registered)"):
+        custom_calls(f, gpu_target, jax.ShapeDtypeStruct((16,), jnp.float32))
