@@ -16,22 +16,23 @@ A weight ``w`` that is N:M along ``axis`` is stored as
 Bytes for bfloat16 2:4: values 50% + indices 2 bits / 4 dense entries = 6.25%, so 56.25% of the
 dense array; 4:8: 50% + 4 x 3 bits per 8 dense entries (9.375%) = 59.375%.
 
-NVIDIA 2:4 metadata (``to_nvidia_2to4`` / ``from_nvidia_2to4``): the *logical* layout of the
-sparse-MMA (``mma.sp``) / CUTLASS / cuSPARSELt metadata, before any hardware-tile reordering
-(CUTLASS's ``ColumnMajorInterleaved<2>`` shuffle of whole ``uint16`` words is not applied).
+NVIDIA 2:4 values and metadata, in the logical or the CUTLASS word order, are exported and
+imported by :mod:`jaxnm.nvidia_2to4`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 
 import jax
+import jax.export
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnm._checks import check_floating, check_group_axis, check_nm, normalize_axis
+from jaxnm._checks import check_floating, check_group_axis, check_nm
 from jaxnm.masks.nm import from_groups, to_groups
 
 _RUN = 8  # indices per packed byte (one bit of each per plane)
@@ -81,6 +82,25 @@ class CompressedNM:
 
 jax.tree_util.register_dataclass(
     CompressedNM, data_fields=["values", "indices"], meta_fields=["shape", "n", "m", "axis"]
+)
+
+
+def _serialize_meta(aux) -> bytes:
+    shape, n, m, axis = aux
+    return json.dumps({"shape": list(shape), "n": n, "m": m, "axis": axis}).encode()
+
+
+def _deserialize_meta(data: bytes):
+    meta = json.loads(data.decode())
+    return tuple(meta["shape"]), meta["n"], meta["m"], meta["axis"]
+
+
+# `jax.export` can serialize functions taking or returning a CompressedNM.
+jax.export.register_pytree_node_serialization(
+    CompressedNM,
+    serialized_name="jaxnm.CompressedNM",
+    serialize_auxdata=_serialize_meta,
+    deserialize_auxdata=_deserialize_meta,
 )
 
 
@@ -281,90 +301,3 @@ def transpose(c: CompressedNM) -> CompressedNM:
     w_t = jnp.swapaxes(decompress(c), -1, -2)
     mask_t = jnp.swapaxes(kept_mask(c), -1, -2)
     return compress(w_t, mask_t, c.n, c.m, axis=-2)
-
-
-def to_nvidia_2to4(c: CompressedNM) -> tuple[jax.Array, jax.Array]:
-    """Exports a 2:4 array as NVIDIA sparse-operand values and ``uint16`` metadata.
-
-    The NVIDIA sparse operand is row-major with the 2:4 groups along its rows (the
-    contraction axis). So the group axis is moved last: for a Flax kernel ``W`` of shape
-    ``(K, N)`` grouped along ``K`` this gives the operand ``A = Wᵀ`` of ``Yᵀ = Wᵀ · Xᵀ``.
-
-    Bit order (as in PyTorch's ``_sparse_semi_structured_from_dense`` before the CUTLASS
-    reorder, and the PTX ``mma.sp`` metadata): every group of 4 uses 4 bits, the lower two
-    holding the position of its first kept value, the upper two that of its second (first <
-    second); ``uint16`` word ``q`` of a row holds groups ``4q .. 4q+3`` at bits ``[4j, 4j+4)``
-    for group ``4q+j``. No hardware-tile reordering is applied.
-
-    Args:
-      c: a 2:4 :class:`CompressedNM` whose group axis has a length divisible by 16.
-
-    Returns:
-      ``(values, metadata)``: ``values`` of shape ``(*rest, K // 2)`` (``c.dtype``) and
-      ``metadata`` ``uint16`` of shape ``(*rest, K // 16)``, where ``rest`` is ``c.shape``
-      without the group axis and ``K = c.shape[c.axis]``.
-    """
-    if (c.n, c.m) != (2, 4):
-        raise ValueError(f"NVIDIA metadata needs a 2:4 array, got n={c.n}, m={c.m}.")
-    k = c.shape[c.axis]
-    if k % 16:
-        raise ValueError(
-            f"NVIDIA metadata packs 4 groups of 4 per uint16: the group axis (size {k}) of "
-            f"shape {tuple(c.shape)} must be a multiple of 16."
-        )
-    values = jnp.moveaxis(c.values, c.axis, -1)
-    idx = jnp.moveaxis(group_indices(c), c.axis, -1).astype(jnp.uint16)
-    idx = idx.reshape(*idx.shape[:-1], k // 16, 8)  # 4 groups x 2 indices per word
-    shifts = (2 * jnp.arange(8)).astype(jnp.uint16)
-    meta = jnp.sum(idx << shifts, axis=-1, dtype=jnp.uint16)  # disjoint bits: sum == or
-    return values, meta
-
-
-def from_nvidia_2to4(values: jax.Array, metadata: jax.Array, *, axis: int = -2) -> CompressedNM:
-    """Imports NVIDIA 2:4 values and logical ``uint16`` metadata (see :func:`to_nvidia_2to4`).
-
-    Args:
-      values: ``(*rest, K // 2)`` kept values, floating.
-      metadata: ``(*rest, K // 16)`` ``uint16`` (other integer dtypes are reinterpreted
-        modulo 2**16).
-      axis: where the dense group axis goes in the result (``-2``: back to a ``(K, N)``
-        Flax kernel from ``Wᵀ``).
-
-    Returns:
-      :class:`CompressedNM` of dense shape ``rest`` with ``K`` inserted at ``axis``.
-
-    Raises:
-      ValueError: mismatched shapes, or (when concrete) a group whose two positions are not
-        strictly increasing.
-    """
-    check_floating(values, "values")
-    vshape, mshape = tuple(jnp.shape(values)), tuple(jnp.shape(metadata))
-    if len(vshape) == 0 or vshape[:-1] != mshape[:-1] or vshape[-1] != 8 * mshape[-1]:
-        raise ValueError(
-            f"`values` {vshape} and `metadata` {mshape} must have shapes (..., K // 2) and "
-            "(..., K // 16) with the same leading axes."
-        )
-    meta = jnp.asarray(metadata).astype(jnp.uint16)
-    shifts = (2 * jnp.arange(8)).astype(jnp.uint16)
-    idx = ((meta[..., None] >> shifts) & 3).astype(jnp.int32).reshape(vshape)
-    concrete = _concrete(idx)
-    if concrete is not None:
-        pairs = concrete.reshape(-1, 2)
-        bad = np.flatnonzero(pairs[:, 0] >= pairs[:, 1])
-        if bad.size:
-            raise ValueError(
-                f"`metadata` is not valid 2:4 metadata: {bad.size} groups have positions that "
-                f"are not strictly increasing (first: group #{bad[0]} with {pairs[bad[0]]})."
-            )
-    k = 2 * vshape[-1]
-    out_axis = normalize_axis(axis, len(vshape))
-    dense_shape = list(vshape[:-1])
-    dense_shape.insert(out_axis, k)
-    return CompressedNM(
-        values=jnp.moveaxis(values, -1, out_axis),
-        indices=pack_indices(jnp.moveaxis(idx, -1, out_axis), 2, out_axis),
-        shape=tuple(dense_shape),
-        n=2,
-        m=4,
-        axis=out_axis,
-    )

@@ -1,4 +1,5 @@
-"""Compressed N:M format: round trips, packing layout, sizes, NVIDIA metadata, errors."""
+"""Compressed N:M format: round trips, packing layout, sizes, errors (NVIDIA metadata:
+test_nvidia_2to4.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -148,46 +149,6 @@ def test_gather_kept():
         cz.gather_kept(w[:4], c)
 
 
-def test_nvidia_metadata_known_word():
-    # One row (the NVIDIA operand Wᵀ row), K = 16: four groups with kept positions
-    # (0,1), (0,2), (1,3), (2,3) -> nibbles 0b0100, 0b1000, 0b1101, 0b1110.
-    kept = [(0, 1), (0, 2), (1, 3), (2, 3)]
-    mask = np.zeros((16, 1), bool)
-    for g, (a, b) in enumerate(kept):
-        mask[4 * g + a] = mask[4 * g + b] = True
-    w = jnp.arange(1.0, 17.0).reshape(16, 1)
-    values, meta = cz.to_nvidia_2to4(jaxnm.compress(w, jnp.asarray(mask), 2, 4))
-    assert meta.dtype == jnp.uint16 and meta.shape == (1, 1) and values.shape == (1, 8)
-    assert int(meta[0, 0]) == 0b1110_1101_1000_0100
-    np.testing.assert_array_equal(values[0], [1, 2, 5, 7, 10, 12, 15, 16])
-
-
-@pytest.mark.parametrize("axis", [-2, -1, 0])
-def test_nvidia_round_trip(axis):
-    w = jax.random.normal(jax.random.key(3), (32, 16, 48), jnp.bfloat16)
-    mask = jaxnm.nm_mask(w, 2, 4, axis=axis)
-    c = jaxnm.compress(w, mask, 2, 4, axis=axis)
-    values, meta = cz.to_nvidia_2to4(c)
-    back = cz.from_nvidia_2to4(values, meta, axis=axis)
-    assert back.shape == c.shape and back.axis == c.axis
-    np.testing.assert_array_equal(back.values, c.values)
-    np.testing.assert_array_equal(back.indices, c.indices)
-
-
-def test_nvidia_errors():
-    w = jax.random.normal(jax.random.key(4), (16, 8))
-    with pytest.raises(ValueError, match="2:4"):
-        cz.to_nvidia_2to4(jaxnm.compress(w, jaxnm.nm_mask(w, 4, 8), 4, 8))
-    w8 = w[:8]
-    with pytest.raises(ValueError, match="multiple of 16"):
-        cz.to_nvidia_2to4(jaxnm.compress(w8, jaxnm.nm_mask(w8, 2, 4), 2, 4))
-    values = jnp.ones((3, 8))
-    with pytest.raises(ValueError, match="same leading axes"):
-        cz.from_nvidia_2to4(values, jnp.zeros((3, 2), jnp.uint16))
-    with pytest.raises(ValueError, match="not strictly increasing"):
-        cz.from_nvidia_2to4(values, jnp.zeros((3, 1), jnp.uint16))  # positions (0, 0)
-
-
 def test_compress_errors():
     w = jax.random.normal(jax.random.key(5), (8, 4))
     mask = jaxnm.nm_mask(w, 2, 4)
@@ -210,3 +171,27 @@ def test_compress_errors():
         jaxnm.compress(w, mask, 5, 4)
     with pytest.raises(TypeError, match="static Python int"):
         jaxnm.compress(w, mask, 2.0, 4)
+
+
+def test_jax_export_round_trip():
+    """A function taking and returning a CompressedNM serializes with jax.export."""
+    pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
+    from jax import export
+
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), jnp.float32)
+    c = jaxnm.compress(w, jaxnm.nm_mask(w, 2, 4), 2, 4)
+    x = jnp.ones((3, 16))
+
+    def forward(c, x):
+        return x @ jaxnm.decompress(c)
+
+    served = export.deserialize(export.export(jax.jit(forward))(c, x).serialize())
+    np.testing.assert_array_equal(served.call(c, x), forward(c, x))
+
+    def prune(w):
+        return jaxnm.compress(w, jaxnm.nm_mask(w, 2, 4), 2, 4)
+
+    made = export.deserialize(export.export(jax.jit(prune))(w).serialize()).call(w)
+    assert isinstance(made, jaxnm.CompressedNM)
+    assert (made.shape, made.n, made.m, made.axis) == (c.shape, c.n, c.m, c.axis)
+    np.testing.assert_array_equal(jaxnm.decompress(made), jaxnm.decompress(c))

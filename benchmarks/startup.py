@@ -1,0 +1,218 @@
+"""Start-up time of sparse training: optimizer init and first-step compile, dense vs sparse.
+
+For each model (Flax Linen, plain optax; same params, same batch), in the same process:
+
+* **init**: ``tx.init(params)`` until its arrays are ready; dense ``optax.adamw`` against
+  ``optax.chain(jaxnm.sparsify(n, m, method=...), optax.adamw)`` (the initial masks:
+  compiling and running the mask solver is the difference);
+* **first step**: ``jax.jit(step).lower(...).compile()`` of one training step (forward with
+  ``jaxnm.apply_masks``, backward, ``tx.update`` with its mask-refresh branch,
+  ``optax.apply_updates``).
+
+Every measurement starts cold (``jax.clear_caches()`` before it, and one warm-up compile
+at start-up so that no measurement pays XLA's one-time set-up); ``--repeats`` cold rounds
+alternate dense and sparse, medians are printed with the sparse/dense ratios and the
+issue's goals (init <= 3x dense, first step <= 2x dense).
+
+Models: ``cnn`` (the Flax MNIST tutorial CNN: two 3x3 convs, a 3136x256 and a 256x10
+dense layer, 28x28x1 inputs), ``resnet`` (a ResNet-18-style network on 32x32x3 inputs:
+many 3x3 kernels of few shapes), ``vit`` (a small ViT, patch 4 on 32x32x3, fused qkv).
+
+  python benchmarks/startup.py [--models cnn resnet vit] [--repeats 3] [--n 4 --m 8]
+      [--method greedy] [--smoke]
+
+``--smoke`` runs every model at a tiny size, once (the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxnm
+
+
+class CNN(nn.Module):
+    """The Flax MNIST tutorial CNN (``width`` scales the channels and the hidden layer)."""
+
+    width: int = 32
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.width
+        x = nn.avg_pool(nn.relu(nn.Conv(w, (3, 3))(x)), (2, 2), (2, 2))
+        x = nn.avg_pool(nn.relu(nn.Conv(2 * w, (3, 3))(x)), (2, 2), (2, 2))
+        x = nn.relu(nn.Dense(8 * w)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(x)
+
+
+class ResBlock(nn.Module):
+    features: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x):
+        s = (self.stride, self.stride)
+        h = nn.relu(nn.GroupNorm(8)(nn.Conv(self.features, (3, 3), s, use_bias=False)(x)))
+        h = nn.GroupNorm(8)(nn.Conv(self.features, (3, 3), use_bias=False)(h))
+        if x.shape[-1] != self.features or self.stride != 1:
+            x = nn.Conv(self.features, (1, 1), s, use_bias=False)(x)
+        return nn.relu(x + h)
+
+
+class ResNet(nn.Module):
+    """ResNet-18 layout: 4 stages of 2 blocks, widths ``width * (1, 2, 4, 8)``."""
+
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(self.width, (3, 3), use_bias=False)(x))
+        for stage in range(4):
+            for block in range(2):
+                stride = 2 if stage and not block else 1
+                x = ResBlock(self.width * 2**stage, stride)(x)
+        return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+
+class ViTBlock(nn.Module):
+    dim: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        b, t, d = x.shape
+        qkv = nn.Dense(3 * d)(nn.LayerNorm()(x)).reshape(b, t, 3, self.heads, d // self.heads)
+        att = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        x = x + nn.Dense(d)(att.reshape(b, t, d))
+        return x + nn.Dense(d)(nn.gelu(nn.Dense(4 * d)(nn.LayerNorm()(x))))
+
+
+class ViT(nn.Module):
+    """Patch 4 on 32x32x3 images (64 tokens), ``depth`` blocks of width ``dim``."""
+
+    dim: int = 192
+    depth: int = 6
+    heads: int = 3
+
+    @nn.compact
+    def __call__(self, images):
+        b = images.shape[0]
+        patches = images.reshape(b, 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, 64, 48)
+        x = nn.Dense(self.dim)(patches)
+        x = x + self.param("pos", nn.initializers.normal(0.02), (64, self.dim))
+        for _ in range(self.depth):
+            x = ViTBlock(self.dim, self.heads)(x)
+        return nn.Dense(10)(nn.LayerNorm()(x).mean(axis=1))
+
+
+def models(smoke: bool) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """Model and input shape (batch first) by name."""
+    return {
+        "cnn": (CNN(width=8 if smoke else 32), (8, 28, 28, 1)),
+        "resnet": (ResNet(width=8 if smoke else 64), (8, 32, 32, 3)),
+        "vit": (ViT(dim=32, depth=1, heads=2) if smoke else ViT(), (8, 32, 32, 3)),
+    }
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation, sparse: bool) -> Callable:
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            if sparse:
+                p = jaxnm.apply_masks(p, jaxnm.current_masks(opt_state))
+            logits = model.apply({"params": p}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
+
+
+def measure(model, shape, tx, sparse: bool) -> tuple[float, float]:
+    """Cold (init seconds, first-step compile seconds) of one optimizer."""
+    x = jax.random.normal(jax.random.key(1), shape)
+    y = jnp.zeros(shape[0], jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    jax.block_until_ready(params)
+    jax.clear_caches()
+    start = time.perf_counter()
+    opt_state = jax.block_until_ready(tx.init(params))
+    init_s = time.perf_counter() - start
+    jax.clear_caches()
+    start = time.perf_counter()
+    jax.jit(make_step(model, tx, sparse)).lower(params, opt_state, x, y).compile()
+    return init_s, time.perf_counter() - start
+
+
+def sparse_summary(model, shape, n: int, m: int) -> str:
+    x = jnp.zeros(shape)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    leaves = jax.tree.leaves(params)
+    state = jax.eval_shape(jaxnm.sparsify(n, m).init, params)
+    sparse = [s for s in jax.tree.leaves(state.masks) if s is not None]
+    weights = sum(x.size for x in leaves)
+    return f"{weights / 1e6:.2f} M params, {len(sparse)} sparse kernels"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["cnn", "resnet", "vit"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--m", type=int, default=8)
+    parser.add_argument("--method", default="greedy")
+    parser.add_argument("--smoke", action="store_true", help="tiny models, one round")
+    args = parser.parse_args()
+    repeats = 1 if args.smoke else args.repeats
+    zoo = models(args.smoke)
+    unknown = sorted(set(args.models) - set(zoo))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {sorted(zoo)}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, load average {load:.2f}")
+    print(f"sparse: jaxnm.sparsify({args.n}, {args.m}, method={args.method!r}) + adamw")
+    jax.jit(lambda a: a + 1)(jnp.zeros(3)).block_until_ready()  # XLA's one-time set-up
+
+    dense_tx = optax.adamw(1e-3)
+    sparse_tx = optax.chain(jaxnm.sparsify(args.n, args.m, method=args.method), dense_tx)
+    header = "| model | | init s | first-step compile s |"
+    rows = [header, "|---|---|---:|---:|"]
+    verdicts = []
+    for name in args.models:
+        model, shape = zoo[name]
+        print(f"{name}: {sparse_summary(model, shape, args.n, args.m)}", flush=True)
+        times = {"dense": [], "sparse": []}
+        for _ in range(repeats):
+            times["dense"].append(measure(model, shape, dense_tx, sparse=False))
+            times["sparse"].append(measure(model, shape, sparse_tx, sparse=True))
+        med = {
+            kind: [statistics.median(t[i] for t in runs) for i in range(2)]
+            for kind, runs in times.items()
+        }
+        ratio = [med["sparse"][i] / med["dense"][i] for i in range(2)]
+        for kind in ("dense", "sparse"):
+            rows.append(f"| {name} | {kind} | {med[kind][0]:.2f} | {med[kind][1]:.2f} |")
+        rows.append(f"| {name} | sparse / dense | {ratio[0]:.2f}x | {ratio[1]:.2f}x |")
+        met = ["met" if r <= goal else "missed" for r, goal in zip(ratio, (3, 2), strict=True)]
+        verdicts.append(
+            f"{name}: init {ratio[0]:.2f}x dense (goal <= 3: {met[0]}),"
+            f" first step {ratio[1]:.2f}x (goal <= 2: {met[1]})"
+        )
+        print(rows[-3], rows[-2], rows[-1], sep="\n", flush=True)
+    print(f"\nmedians of {repeats} cold round(s)")
+    print("\n".join(rows))
+    print("\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Transposable masks of whole layers: every tile of a list of weights in one solver call.
+
+A layer's transposable mask is its ``m x m`` tiles' masks, each depending on its tile only
+(the solver contract: ``solve(scores: float32 (B, m, m), n) -> bool (B, m, m)``, see
+:mod:`jaxnm.masks.transposable`). So a list of weights can be solved in two ways, with the
+same masks:
+
+* ``"flat"``: the tiles of every weight are concatenated into one ``(B, m, m)`` batch and
+  solved by one solver call; one compiled solver serves a whole model, whatever its
+  kernel shapes. With ``compact=True`` the batch goes to the solver as it is, so the
+  greedy and ``exact_device`` solvers shrink it to the tiles still working (compaction);
+  with ``compact=False`` the solver is ``vmap``-ed over single tiles (no compaction:
+  every tile runs as long as the slowest, but XLA compiles a fraction of the code).
+* ``"grid"``: every weight keeps its tile grid ``(..., R // m, C // m)`` as ``vmap``-ed
+  axes (no compaction). A sharded weight keeps its sharding: no tile leaves its device,
+  while merging a sharded grid into one batch axis would make XLA gather the weight.
+
+:func:`default_plan` picks ``"grid"`` wherever a weight may be sharded (more than one
+device, or a sharding in the arrays' types) and ``"flat"`` otherwise; :func:`default_compact`
+compacts only batches of at least :data:`COMPACT_MIN_TILES` tiles, measured by
+``benchmarks/layer_masks.py`` (BENCHMARKS.md, "Layer masks").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from jaxnm._checks import check_floating, check_nm, check_tileable
+from jaxnm._sharding import explicit_sharding
+from jaxnm.masks.scores import importance
+from jaxnm.masks.tiles import from_tiles, to_tiles
+
+Plan = Literal["flat", "grid"]
+"""How the tiles of several weights reach the solver (see the module docstring)."""
+
+#: Flat batches of at least this many tiles are solved compacted (``compact=True``).
+#: Below it the uncompacted solve runs as fast or faster and compiles in a fraction of the
+#: time (BENCHMARKS.md, "Layer masks").
+COMPACT_MIN_TILES = 1 << 18
+
+
+def default_plan(ws: Sequence[jax.Array]) -> Plan:
+    """``"grid"`` if any of ``ws`` may be sharded, else ``"flat"``.
+
+    A weight may be sharded when the process sees more than one device or when its type
+    carries an ``Explicit`` mesh sharding. Under ``jit`` on an ``Auto`` mesh a tracer does
+    not say how it is sharded, hence the device count.
+    """
+    if jax.device_count() > 1 or any(explicit_sharding(w) is not None for w in ws):
+        return "grid"
+    return "flat"
+
+
+def default_compact(tiles: int) -> bool:
+    """Whether a flat batch of ``tiles`` tiles is solved compacted (see
+    :data:`COMPACT_MIN_TILES`)."""
+    return tiles >= COMPACT_MIN_TILES
+
+
+def solve_tiles(
+    tiles: jax.Array, n: int, solve: Callable[[jax.Array, int], jax.Array], *, compact: bool
+) -> jax.Array:
+    """Solves a batch of tile scores with any number of batch axes.
+
+    Args:
+      tiles: float32 ``(..., m, m)`` tile scores (``-1`` marks NaN).
+      n: kept per row and column of every tile (static int).
+      solve: a solver ``solve(scores (B, m, m), n) -> bool (B, m, m)``.
+      compact: pass all tiles to ``solve`` as one batch (True; the solver may compact
+        it) or ``vmap`` ``solve`` over every batch axis, one tile per call (False; keeps
+        the batch axes, and so their sharding).
+
+    Returns:
+      bool ``(..., m, m)``, each tile's mask.
+    """
+    *lead, m, _ = tiles.shape
+    if compact:
+        return solve(tiles.reshape(-1, m, m), n).reshape(tiles.shape)
+
+    def one(tile: jax.Array) -> jax.Array:
+        return solve(tile[None], n)[0]
+
+    for _ in lead:
+        one = jax.vmap(one)
+    return one(tiles)
+
+
+def layer_masks(
+    ws: Sequence[jax.Array],
+    n: int,
+    m: int,
+    solve: Callable[[jax.Array, int], jax.Array],
+    *,
+    plan: Plan | None = None,
+    compact: bool | None = None,
+) -> list[jax.Array]:
+    """Transposable N:M masks of several weights, all tiles solved by one solver call.
+
+    Args:
+      ws: floating arrays ``(..., R, C)`` (any shapes and float dtypes), ``R`` and ``C``
+        multiples of ``m``; weights or non-negative scores. Leading axes are batch.
+      n: kept per row and per column of every tile (static int).
+      m: tile size (static int).
+      solve: the solver, ``solve(scores: float32 (B, m, m), n) -> bool (B, m, m)``.
+      plan: ``"flat"`` or ``"grid"`` (see the module docstring); None:
+        :func:`default_plan`.
+      compact: for ``plan="flat"``, solve the batch compacted; None:
+        :func:`default_compact` of the batch size. Ignored by ``"grid"`` (never compacted).
+
+    Returns:
+      list of bool arrays, ``ws``'s shapes: the mask of each weight, identical whatever
+      ``plan`` and ``compact`` (each tile's mask depends on that tile only).
+
+    Raises:
+      ValueError: bad ``n``/``m``/``plan``, a non-floating weight or one whose last two
+        axes do not tile by ``m``.
+    """
+    n, m = check_nm(n, m)
+    for i, w in enumerate(ws):
+        check_floating(w, name=f"ws[{i}]")
+        check_tileable(jnp.shape(w), m, name=f"ws[{i}]")
+    if plan is None:
+        plan = default_plan(ws)
+    if plan not in ("flat", "grid"):
+        raise ValueError(f"`plan` (={plan!r}) must be 'flat' or 'grid'.")
+    tiles = [to_tiles(importance(w), m) for w in ws]  # (..., R // m, C // m, m, m)
+    if plan == "grid":
+        return [from_tiles(solve_tiles(t, n, solve, compact=False)) for t in tiles]
+    counts = [math.prod(t.shape[:-2]) for t in tiles]
+    total = sum(counts)
+    if total == 0:
+        return [jnp.zeros(jnp.shape(w), bool) for w in ws]
+    if compact is None:
+        compact = default_compact(total)
+    flat = jnp.concatenate([t.reshape(-1, m, m) for t in tiles])
+    keep = solve_tiles(flat, n, solve, compact=compact)
+    out, start = [], 0
+    for t, count in zip(tiles, counts, strict=True):
+        out.append(from_tiles(keep[start : start + count].reshape(t.shape)))
+        start += count
+    return out
