@@ -17,15 +17,19 @@ tried): for jaxlib < 0.12 the field is dropped when the config is read.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jaxlib
 from jax.experimental import topologies
+from jax.sharding import SingleDeviceSharding
 
 GpuTarget = Literal["h100", "h200"]
 
@@ -125,3 +129,47 @@ def compile_only_device(target: GpuTarget = "h100") -> jax.Device:
         raise CudaPluginMissing(_missing_plugin_message(error)) from error
     (device,) = topology.devices
     return device
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuCompile:
+    """What :func:`compile_for_gpu` produced.
+
+    Attributes:
+      compiled: the ``jax.stages.Compiled`` (compile-only: it cannot be called).
+      hlo: the optimised HLO module text (``compiled.as_text()``): custom calls, fusions.
+      ptx: the PTX that XLA emitted for the module's kernels, concatenated; ``""`` unless
+        ``ptx=True`` was passed.
+    """
+
+    compiled: Any
+    hlo: str
+    ptx: str
+
+
+def compile_for_gpu(
+    fn: Callable, target: GpuTarget | jax.Device, *args: Any, ptx: bool = False
+) -> GpuCompile:
+    """Compiles ``jax.jit(fn)(*args)`` for a compile-only GPU from this (CPU) host.
+
+    Args:
+      fn: the function to compile (pure; its arguments are pytrees of arrays).
+      target: ``"h100"``, ``"h200"`` or a device from :func:`compile_only_device`.
+      *args: pytrees whose leaves are arrays or ``jax.ShapeDtypeStruct`` (values are never
+        read); every leaf is placed on the device.
+      ptx: also return the PTX (XLA dumps it to a temporary folder: slower).
+
+    Returns:
+      :class:`GpuCompile`. jax >= 0.11's Pallas GPU lowerings ask the default device which
+      GPU they target, so lowering runs under ``jax.default_device(device)``.
+    """
+    device = compile_only_device(target) if isinstance(target, str) else target
+    sharding = SingleDeviceSharding(device)
+    placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
+    with tempfile.TemporaryDirectory() as dump, jax.default_device(device):
+        lowered = jax.jit(fn).lower(*placed)
+        # jaxlib 0.10 dumps PTX with xla_dump_to alone; 0.12 also needs the emitter filter.
+        options = {"xla_dump_to": dump, "xla_dump_emitter_re": "ptx"} if ptx else {}
+        compiled = lowered.compile(compiler_options=options)
+        text = "".join(p.read_text() for p in sorted(Path(dump).glob("*.ptx")))
+    return GpuCompile(compiled=compiled, hlo=compiled.as_text(), ptx=text)
