@@ -12,11 +12,12 @@ from jax import lax
 from jaxnm.compressed import CompressedNM, decompress, gather_kept
 from jaxnm.kernels.blocks import BlockSizes
 from jaxnm.kernels.common import check_operands, kernel_blocks, kernel_support
+from jaxnm.kernels.cusparselt.matmul import cusparselt_support, nm_matmul_cusparselt
 from jaxnm.kernels.gpu import nm_matmul_gpu
 from jaxnm.kernels.reference import nm_matmul_reference
 from jaxnm.kernels.tpu import nm_matmul_tpu
 
-_BACKENDS = ("xla", "gpu", "tpu")
+_BACKENDS = ("xla", "gpu", "tpu", "cusparselt")
 # Platforms that ``lax.platform_dependent`` tells apart, and each one's native kernel.
 _PLATFORM_KERNEL = {"cpu": "xla", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 _PLATFORM_ALIASES = {"gpu": "cuda"}
@@ -75,6 +76,11 @@ def select_backend(
         raise ValueError(f"`backend` (={backend!r}) must be None or one of {_BACKENDS}.")
     if backend == "xla":
         return backend
+    if backend == "cusparselt":  # EXPERIMENTAL; CUDA lowering only, or interpret=True
+        why = cusparselt_support(x, c)
+        if why:
+            raise ValueError(f"`backend='cusparselt'` does not support this input: {why}.")
+        return backend
     why = kernel_support(x, c)
     if why:
         raise ValueError(f"`backend={backend!r}`: the Pallas kernel does not support this: {why}.")
@@ -82,6 +88,8 @@ def select_backend(
 
 
 def _run(backend: str, cfg: _Config, x: jax.Array, c: CompressedNM) -> jax.Array:
+    if backend == "cusparselt":
+        return nm_matmul_cusparselt(x, c, interpret=cfg.interpret)
     if backend == "gpu":
         return nm_matmul_gpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
     if backend == "tpu":
@@ -142,8 +150,11 @@ def nm_matmul(
     """``x · W`` for a weight ``W (K, N)`` stored compressed N:M along ``K``.
 
     Backends: ``"gpu"`` (Pallas Triton kernel), ``"tpu"`` (Pallas Mosaic TPU kernel), ``"xla"``
-    (:func:`nm_matmul_reference`: decompress + one XLA dot; the CPU path). ``None`` chooses
-    per platform the program is lowered for (``lax.platform_dependent``; see
+    (:func:`nm_matmul_reference`: decompress + one XLA dot; the CPU path), ``"cusparselt"``
+    (EXPERIMENTAL, never chosen automatically: NVIDIA's 2:4 sparse tensor cores through the
+    XLA FFI, bfloat16/float16 2:4 or 1:2, the weight re-compressed inside each call; CUDA
+    lowering only, or its pure-JAX emulation with ``interpret=True``; see docs/cusparselt.md).
+    ``None`` chooses per platform the program is lowered for (``lax.platform_dependent``; see
     :func:`select_backend`), not from the process's default backend: ``jax.jit(...).lower``
     for a (compile-only) GPU device from a CPU host gets the GPU kernel, the CPU gets XLA.
     All accumulate in float32.
@@ -163,7 +174,7 @@ def nm_matmul(
       c: 2-D :class:`~jaxnm.CompressedNM` of ``W (K, N)`` grouped along ``K`` (axis ``-2``).
       c_t: optional 2-D :class:`~jaxnm.CompressedNM` of ``Wᵀ (N, K)`` grouped along ``N``.
         It must hold the same matrix (not checked).
-      backend: ``None``, ``"xla"``, ``"gpu"`` or ``"tpu"``.
+      backend: ``None``, ``"xla"``, ``"gpu"``, ``"tpu"`` or ``"cusparselt"``.
       interpret: run the Pallas kernel in interpret mode (CPU testing).
       block_sizes: kernel tiles; default per shape (:meth:`BlockSizes.for_shape`).
 

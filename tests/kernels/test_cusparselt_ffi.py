@@ -66,17 +66,21 @@ def test_forward_compiles_for_gpu(extension, gpu_target):
     assert targets.count(COMPRESS) == 1 and targets.count(MATMUL) == 1, targets
 
 
-def test_nm_matmul_path_compiles_for_gpu(extension, gpu_target):
-    w = jnp.ones((256, 128), jnp.float16)
-    c = jaxnm.compress(w, jaxnm.nm_mask(w, 2, 4), 2, 4, axis=0)
+def test_nm_matmul_backend_compiles_for_gpu(extension, gpu_target):
+    """``nm_matmul(..., backend="cusparselt")`` and its gradient: forward and dx (with
+    ``c_t``) on cuSPARSELt."""
+    w = jax.random.normal(jax.random.key(0), (256, 128))
+    mask = jaxnm.transposable_mask(w, 2, 4, method="greedy")
+    c = jaxnm.compress(w.astype(jnp.float16), mask, 2, 4, axis=0)
+    c_t = jaxnm.compressed.transpose(c)
     x = jax.ShapeDtypeStruct((20, 256), jnp.float16)
 
-    def f(x, values, indices):
-        c2 = jaxnm.CompressedNM(values, indices, c.shape, c.n, c.m, c.axis)
-        return cusparselt.nm_matmul_cusparselt(x, c2)
+    def f(x):
+        y = jaxnm.kernels.nm_matmul(x, c, c_t=c_t, backend="cusparselt")
+        return jnp.sum(y.astype(jnp.float32) ** 2)
 
-    targets = custom_calls(f, gpu_target, x, c.values, c.indices)
-    assert targets.count(COMPRESS) == 1 and targets.count(MATMUL) == 1, targets
+    targets = custom_calls(jax.grad(f), gpu_target, x)
+    assert targets.count(COMPRESS) == 2 and targets.count(MATMUL) == 2, targets
 
 
 def mvue_2_4(g, key):

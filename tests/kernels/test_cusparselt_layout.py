@@ -2,6 +2,7 @@
 which axis is 2:4, row/column-major views) against ``jnp.dot``, the training op's forward and
 gradients, sharding, and the error paths. Needs neither the extension nor a GPU."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -176,6 +177,29 @@ def test_nm_matmul_cusparselt_matches_reference():
         cusparselt.nm_matmul_cusparselt(x, c_bad, interpret=True)
 
 
+def test_nm_matmul_backend_cusparselt_forward_and_gradients():
+    w = jax.random.normal(jax.random.key(4), (64, 32))
+    mask = jaxnm.transposable_mask(w, 2, 4, method="greedy")
+    w = w.astype(jnp.bfloat16)
+    c = jaxnm.compress(w, mask, 2, 4, axis=0)
+    c_t = jaxnm.compressed.transpose(c)
+    x = jax.random.normal(jax.random.key(5), (3, 4, 64)).astype(jnp.bfloat16)
+
+    def loss(x, values, backend):
+        cv = dataclasses.replace(c, values=values)
+        y = jaxnm.kernels.nm_matmul(x, cv, c_t=c_t, backend=backend, interpret=True)
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+    y = jaxnm.kernels.nm_matmul(x, c, c_t=c_t, backend="cusparselt", interpret=True)
+    assert y.shape == (3, 4, 32)
+    assert rel_err(y, jaxnm.kernels.nm_matmul(x, c, backend="xla")) < 1e-2
+    (dx, dv), (dx0, dv0) = (jax.grad(loss, (0, 1))(x, c.values, b) for b in ("cusparselt", "xla"))
+    assert rel_err(dx, dx0) < 2e-2 and rel_err(dv, dv0) < 2e-2
+    with pytest.raises(ValueError, match="cusparselt.*does not support.*2:4"):
+        cf = jaxnm.compress(w, jaxnm.nm_mask(w, 4, 8), 4, 8, axis=0)
+        jaxnm.kernels.nm_matmul(x, cf, backend="cusparselt", interpret=True)
+
+
 # --- the training op --------------------------------------------------------------------
 
 
@@ -264,7 +288,8 @@ def test_training_op_errors():
 
 SHARDING_SCRIPT = textwrap.dedent(
     """
-    import os
+    import dataclasses
+import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
