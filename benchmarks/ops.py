@@ -43,9 +43,9 @@ def variants(mask):
     out = {"dense x @ w": dense}
     for name, grad_sparsity in [
         ("nm_linear, dense grad", None),
-        ("nm_linear, mvue_1_2", "mvue_1_2"),
-        ("nm_linear, mvue_2_4", "mvue_2_4"),
-        ("nm_linear, approx_mvue_2_4", "approx_mvue_2_4"),
+        ("nm_linear, mvue_1_2", jaxnm.MVUE(1, 2)),
+        ("nm_linear, mvue_2_4", jaxnm.MVUE(2, 4)),
+        ("nm_linear, mvue_2_4_approx", jaxnm.MVUE(2, 4, approx=True)),
     ]:
         out[name] = _fwd_bwd(
             lambda x, w, key, g=grad_sparsity: nm_linear(

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from nmexamples.training import TrainConfig, train  # noqa: E402
 
+import jaxnm  # noqa: E402
+
 CONFIGS = {
     "dense": dict(sparsity="dense"),
     "2:4-T + MVUE 1:2": dict(sparsity="2:4", transposable=True, grad_sparsity="mvue_1_2"),
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--srste", type=float, default=RECIPE.srste)
     p.add_argument(
         "--mask-method",
-        choices=["greedy", "exhaustive", "exact", "auto"],
+        choices=sorted(jaxnm.masks.SOLVERS),
         default=RECIPE.mask_method,
     )
     p.add_argument("--train-limit", type=int, default=None)

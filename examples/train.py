@@ -20,7 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nmexamples import sparse  # noqa: E402
 from nmexamples.training import TrainConfig, train  # noqa: E402
+
+import jaxnm  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -36,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument(
         "--grad-sparsity",
-        choices=["none", "mvue_1_2", "mvue_2_4"],
+        choices=sparse.GRAD_SPARSITIES,
         default=defaults.grad_sparsity,
         help="MVUE pruning of the neural gradients of the sparse layers",
     )
@@ -76,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument(
         "--mask-method",
-        choices=["greedy", "exhaustive", "exact", "auto"],
+        choices=sorted(jaxnm.masks.SOLVERS),
         default=defaults.mask_method,
         help="transposable mask solver (exhaustive: optimal, cheap for 2:4)",
     )

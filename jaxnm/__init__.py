@@ -15,7 +15,7 @@ from jaxnm.masks import (
     nm_mask,
     transposable_mask,
 )
-from jaxnm.ops import mvue
+from jaxnm.ops import MVUE, mvue
 
 # `jaxnm.masks` is both the mask subpackage and `jaxnm.masks(opt_state)`.
 _make_masks_callable(masks)
@@ -23,6 +23,7 @@ _make_masks_callable(masks)
 __version__ = "0.1.0"
 
 __all__ = [
+    "MVUE",
     "convert",
     "CompressedNM",
     "compress",

@@ -63,3 +63,13 @@ def explicit_sharding(x) -> NamedSharding | None:
     if mesh is None or AxisType.Explicit not in tuple(getattr(mesh, "axis_types", ())):
         return None
     return sharding
+
+
+def explicit_context(x) -> bool:
+    """Whether ``x`` carries an ``Explicit`` sharding or the context mesh
+    (``jax.set_mesh``) has an ``Explicit`` axis; true also inside ``vmap``, where the
+    vmapped array's type no longer shows its sharded axes."""
+    if explicit_sharding(x) is not None:
+        return True
+    mesh = jax.sharding.get_abstract_mesh()
+    return AxisType.Explicit in tuple(getattr(mesh, "axis_types", ()))

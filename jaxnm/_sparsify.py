@@ -42,8 +42,9 @@ from jaxnm._checks import check_int, check_nm
 from jaxnm._params import Include, default_include, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
-from jaxnm.mask_packing import pack, packed_shape, unpack, word_dtype
+from jaxnm.mask_packing import MAX_GROUP, pack, packed_shape, unpack, word_dtype
 from jaxnm.masks.nm import nm_mask
+from jaxnm.masks.solvers import SOLVERS, MaskMethod, Solver, resolve_solver
 from jaxnm.masks.tiles import from_tiles, to_tiles
 from jaxnm.masks.transposable import transposable_mask
 
@@ -53,7 +54,7 @@ def sparsify(
     m: int,
     *,
     transposable: bool = True,
-    method: str = "greedy",
+    method: MaskMethod | Solver = "auto",
     refresh_every: int = 40,
     start_step: int = 0,
     end_step: int | None = None,
@@ -74,9 +75,11 @@ def sparsify(
       transposable: transposable N:M masks over the last two axes (``(in, out)``; every
         ``m x m`` tile keeps ``n`` per row and column) if True, else N:M along axis ``-2``
         (``in``, the contraction axis of Flax kernels).
-      method: transposable solver, as in :func:`jaxnm.transposable_mask` (``"greedy"``,
-        ``"exhaustive"``, ``"exact"``, ``"auto"``). Unused when ``transposable=False``
-        (top-``n`` per group is optimal there).
+      method: transposable solver, as in :func:`jaxnm.transposable_mask`: a name in
+        :data:`jaxnm.masks.SOLVERS` (default ``"auto"``) or a solver callable. Unused when
+        ``transposable=False`` (top-``n`` per group is optimal there). An unknown name
+        raises here; a solver that cannot serve ``n:m`` (``"exhaustive"`` at 8:16, or
+        ``"exact"`` without OR-Tools) raises at ``init``.
       refresh_every: recompute the masks every this many steps, counted from
         ``start_step`` (positive int).
       start_step: the step whose forward pass is the first sparse one; dense before.
@@ -110,7 +113,8 @@ def sparsify(
       Array([2, 2, 2, 2], dtype=int32)
     """
     n, m = check_nm(n, m)
-    word_dtype(m)
+    if m > MAX_GROUP:
+        raise ValueError(f"`m` (={m}) must be <= {MAX_GROUP} (one packed mask word per group).")
     refresh_every = check_int(refresh_every, "refresh_every", minimum=1)
     start_step = check_int(start_step, "start_step", minimum=0)
     if end_step is not None:
@@ -123,16 +127,14 @@ def sparsify(
         raise ValueError(f"`srste` (={srste}) must be >= 0.")
     if include is not None and not callable(include):
         raise TypeError(f"`include` must be a callable (path, leaf) -> bool, got {include!r}.")
-    if transposable:
-        # Traces the solver once on one tile: unknown methods fail here, not mid-training.
-        jax.eval_shape(lambda w: transposable_mask(w, n, m, method=method), jnp.ones((m, m)))
+    solver = resolve_solver(method)
     select = include if include is not None else default_include(m, transposable)
     use_srste = not (isinstance(srste, (int, float)) and srste == 0)
 
     @jax.jit
     def solve_packed(w: jax.Array) -> jax.Array:
         if transposable:
-            return pack(_transposable_tilewise(w, n, m, method), m)
+            return pack(_transposable_tilewise(w, n, m, solver), m)
         return pack(nm_mask(w, n, m, axis=-2), m)
 
     def dense_masks(masks: Any) -> Any:
@@ -177,7 +179,7 @@ def sparsify(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _transposable_tilewise(w: jax.Array, n: int, m: int, method: str) -> jax.Array:
+def _transposable_tilewise(w: jax.Array, n: int, m: int, method: Solver) -> jax.Array:
     """:func:`jaxnm.transposable_mask`, solved tile by tile (``vmap`` over the tile grid).
 
     Each tile's mask depends only on that tile, so this equals the batched solve. Keeping
@@ -186,7 +188,7 @@ def _transposable_tilewise(w: jax.Array, n: int, m: int, method: str) -> jax.Arr
     the grid into one batch axis, which makes XLA gather sharded weights). The host
     ``"exact"`` solver is called once per layer instead.
     """
-    if method == "exact":
+    if method is SOLVERS["exact"]:
         return transposable_mask(w, n, m, method=method)
     solve = functools.partial(transposable_mask, n=n, m=m, method=method)
     tiles = to_tiles(w, m)  # (..., R // m, C // m, m, m)

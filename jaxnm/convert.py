@@ -33,7 +33,7 @@ from flax import nnx
 
 from jaxnm._checks import check_nm
 from jaxnm._params import default_include
-from jaxnm.masks import nm_mask, transposable_mask
+from jaxnm.masks import MaskMethod, Solver, nm_mask, transposable_mask
 
 Path = tuple[Any, ...]
 Include = Callable[[Path, jax.Array], bool]
@@ -197,7 +197,9 @@ def reconstruction_error(gram: jax.Array, w: jax.Array, w_new: jax.Array) -> jax
     return num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny)
 
 
-def kernel_mask(kernel: jax.Array, n: int, m: int, *, transposable: bool, method: str = "auto"):
+def kernel_mask(
+    kernel: jax.Array, n: int, m: int, *, transposable: bool, method: MaskMethod | Solver = "auto"
+):
     """The magnitude mask of a Flax kernel: N:M along ``in`` (axis -2), or transposable.
 
     Args:
@@ -206,7 +208,7 @@ def kernel_mask(kernel: jax.Array, n: int, m: int, *, transposable: bool, method
       transposable: tile the last two axes into ``m x m`` blocks with ``n`` kept per row and
         column (see :func:`jaxnm.transposable_mask`); otherwise :func:`jaxnm.nm_mask` along
         ``in``.
-      method: transposable solver (``"auto"``, ``"greedy"``, ``"exact"``, ``"exhaustive"``).
+      method: transposable solver: a name in :data:`jaxnm.masks.SOLVERS` or a solver callable.
 
     Returns:
       bool array of ``kernel``'s shape.
@@ -268,7 +270,7 @@ def magnitude_prune(
     n: int,
     m: int,
     transposable: bool = True,
-    method: str = "auto",
+    method: MaskMethod | Solver = "auto",
     include: Include | None = None,
 ) -> dict[Path, jax.Array]:
     """Prunes the selected kernels of ``model`` in place to N:M by magnitude (no re-fit).
@@ -302,7 +304,7 @@ def adaprune(
     n: int,
     m: int,
     transposable: bool = True,
-    method: str = "auto",
+    method: MaskMethod | Solver = "auto",
     include: Include | None = None,
     damp: float = 1e-3,
     sequential: bool = True,

@@ -18,7 +18,7 @@ import jaxnm
 import jaxnm.nnx
 
 SPARSITIES = {"dense": None, "2:4": (2, 4), "4:8": (4, 8)}
-GRAD_SPARSITIES = ("none", "mvue_1_2", "mvue_2_4")
+GRAD_SPARSITIES = ("none", "mvue_1_2", "mvue_2_4", "mvue_2_4_approx")
 
 
 class SparseSpec(NamedTuple):
@@ -28,13 +28,13 @@ class SparseSpec(NamedTuple):
       n: weights kept per group.
       m: group size.
       transposable: transposable N:M masks.
-      grad_sparsity: ``None``, ``"mvue_1_2"`` or ``"mvue_2_4"``.
+      grad_sparsity: ``None`` or a ``jaxnm.MVUE``.
     """
 
     n: int
     m: int
     transposable: bool
-    grad_sparsity: str | None
+    grad_sparsity: jaxnm.MVUE | None
 
 
 def spec_from_config(cfg) -> SparseSpec | None:
@@ -54,7 +54,7 @@ def spec_from_config(cfg) -> SparseSpec | None:
                 f"grad_sparsity={cfg.grad_sparsity!r}."
             )
         return None
-    grad = None if cfg.grad_sparsity == "none" else cfg.grad_sparsity
+    grad = jaxnm.MVUE.parse(cfg.grad_sparsity)  # the one place the flag becomes a value
     return SparseSpec(n=nm[0], m=nm[1], transposable=cfg.transposable, grad_sparsity=grad)
 
 
@@ -66,7 +66,7 @@ def chain(
     start_step: int = 0,
     end_step: int | None = None,
     srste: float = 0.0,
-    method: str = "greedy",
+    method: jaxnm.masks.MaskMethod = "auto",
 ) -> optax.GradientTransformation:
     """``optax.chain(jaxnm.sparsify(...), optimizer)``, or ``optimizer`` for dense runs.
 

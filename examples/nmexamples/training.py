@@ -37,8 +37,8 @@ class TrainConfig:
       model: ``"resnet"`` or ``"vit"``.
       sparsity: ``"dense"``, ``"2:4"`` or ``"4:8"`` (keep n of every m weights).
       transposable: transposable N:M masks (N:M along both kernel axes).
-      grad_sparsity: ``"none"``, ``"mvue_1_2"`` or ``"mvue_2_4"`` pruning of the neural
-        gradients of sparsified layers.
+      grad_sparsity: ``"none"``, ``"mvue_1_2"``, ``"mvue_2_4"`` or ``"mvue_2_4_approx"``
+        pruning of the neural gradients of sparsified layers (``jaxnm.MVUE.parse`` form).
       epochs: epochs to train in total (a resumed run stops at the same epoch).
       batch_size: training batch size.
       data: ``"digits"`` (bundled with scikit-learn) or ``"cifar10"``.
@@ -58,8 +58,9 @@ class TrainConfig:
         gradient pruning (``grad_sparsity``) stays on during the dense phase.
       srste: SR-STE weight ``λ`` (``jaxnm.sparsify(srste=...)``): adds ``λ · (1 − mask) ⊙ w``
         to the gradient of every sparsified kernel, before AdamW normalises it.
-      mask_method: solver of transposable masks (``jaxnm.sparsify(method=...)``):
-        ``"greedy"``, ``"exhaustive"`` (optimal, cheap for 2:4), ``"exact"`` or ``"auto"``.
+      mask_method: solver of transposable masks (``jaxnm.sparsify(method=...)``), a name
+        in ``jaxnm.masks.SOLVERS``: ``"auto"`` (exhaustive, i.e. optimal, for 2:4; greedy
+        for 4:8), ``"greedy"``, ``"exhaustive"``, ``"exact"`` or ``"exact_device"``.
         ``refresh_every``, ``freeze_masks``, ``sparse_start``, ``srste`` and ``mask_method``
         do not affect dense runs.
       augment: random shifts (and flips on CIFAR-10) of training images; ``None`` turns them
@@ -87,7 +88,7 @@ class TrainConfig:
     freeze_masks: float = 0.8
     sparse_start: float = 0.0
     srste: float = 0.0
-    mask_method: str = "greedy"
+    mask_method: str = "auto"
     augment: bool | None = None
     train_limit: int | None = None
     test_limit: int | None = None

@@ -23,6 +23,7 @@ import jax
 
 from jaxnm._state import current_masks
 from jaxnm.linen.ops import NMConvGeneralDilated, NMDotGeneral
+from jaxnm.ops import MVUE
 
 
 class Dense(nn.Dense):
@@ -30,10 +31,10 @@ class Dense(nn.Dense):
     N:M groups along ``in``.
 
     Attributes:
-      grad_sparsity: ``None``, ``"mvue_1_2"``, ``"mvue_2_4"`` or ``"approx_mvue_2_4"``.
+      grad_sparsity: ``None`` or a :class:`jaxnm.MVUE`, e.g. ``MVUE(2, 4)``.
     """
 
-    grad_sparsity: str | None = None
+    grad_sparsity: MVUE | None = None
     dot_general_cls: Any = NMDotGeneral
 
 
@@ -45,7 +46,7 @@ class DenseGeneral(nn.DenseGeneral):
       grad_sparsity: as for :class:`Dense`.
     """
 
-    grad_sparsity: str | None = None
+    grad_sparsity: MVUE | None = None
     dot_general_cls: Any = NMDotGeneral
 
 
@@ -57,7 +58,7 @@ class Conv(nn.Conv):
       grad_sparsity: as for :class:`Dense`.
     """
 
-    grad_sparsity: str | None = None
+    grad_sparsity: MVUE | None = None
     conv_general_dilated_cls: Any = NMConvGeneralDilated
 
 

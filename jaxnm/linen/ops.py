@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm.ops import nm_conv_fn, nm_dot_general
+from jaxnm.ops import MVUE, nm_conv, nm_dot_general
 
 MASKS = "nm_masks"
 """Name of the variable collection holding the masks (bool, of the kernels' shapes)."""
@@ -30,7 +30,7 @@ class _NMOpBase(nn.Module):
       grad_sparsity: overrides the parent layer's ``grad_sparsity`` attribute when set.
     """
 
-    grad_sparsity: str | None = None
+    grad_sparsity: MVUE | None = None
 
     def _mask(self):
         layer = self.parent
@@ -38,12 +38,12 @@ class _NMOpBase(nn.Module):
             return None
         return layer.get_variable(MASKS, "kernel")
 
-    def _spec(self) -> str | None:
+    def _spec(self) -> MVUE | None:
         if self.grad_sparsity is not None:
             return self.grad_sparsity
         return getattr(self.parent, "grad_sparsity", None)
 
-    def _key(self, spec: str | None):
+    def _key(self, spec: MVUE | None):
         if spec is None:
             return None
         if not self.has_rng(RNG_STREAM):
@@ -91,8 +91,7 @@ class NMConvGeneralDilated(_NMOpBase):
         if mask is None:
             return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
         spec = self._spec()
-        conv = nm_conv_fn(mask, grad_sparsity=spec, key=self._key(spec))
-        return conv(lhs, rhs, *args, **kwargs)
+        return nm_conv(lhs, rhs, mask, *args, grad_sparsity=spec, key=self._key(spec), **kwargs)
 
 
 def check_kernel_axes(dimension_numbers, rhs_ndim: int, layer: str | None) -> None:

@@ -2,13 +2,18 @@
 
 from jaxnm.masks.diversity import count_transposable_tiles, mask_diversity
 from jaxnm.masks.nm import is_nm, nm_mask
+from jaxnm.masks.solvers import SOLVERS, MaskMethod, Solver, resolve_solver
 from jaxnm.masks.transposable import is_transposable_nm, transposable_mask
 
 __all__ = [
+    "SOLVERS",
+    "MaskMethod",
+    "Solver",
     "count_transposable_tiles",
     "is_nm",
     "is_transposable_nm",
     "mask_diversity",
     "nm_mask",
+    "resolve_solver",
     "transposable_mask",
 ]

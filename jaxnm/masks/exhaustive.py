@@ -23,6 +23,7 @@ import numpy as np
 from jax import lax
 
 from jaxnm._checks import check_nm
+from jaxnm._sharding import explicit_context
 from jaxnm.masks.diversity import count_transposable_tiles
 
 #: Largest number of patterns ``method="exhaustive"`` accepts (2:5 has 2040, 1:7 has 5040).
@@ -124,6 +125,17 @@ def solve(scores: jax.Array, n: int) -> jax.Array:
         most_inf = inf_kept == jnp.max(inf_kept, axis=-1, keepdims=True)
         return jnp.where(most_inf, totals, -jnp.inf)
 
-    # The second matmul only runs when some score is +inf (both branches under vmap).
-    ranked = lax.cond(jnp.any(infinite), most_inf_first, lambda t: t, totals)
-    return jnp.asarray(patterns)[jnp.argmax(ranked, axis=-1)]
+    any_inf = jnp.any(infinite)
+    best = lambda ranked: jnp.argmax(ranked, axis=-1)  # noqa: E731
+    if not explicit_context(scores):
+        # The second matmul only runs when some score is +inf (both branches under vmap).
+        ranked = lax.cond(any_inf, most_inf_first, lambda t: t, totals)
+        return jnp.asarray(patterns)[best(ranked)]
+    # On Explicit meshes (jax 0.10) neither a vmapped lax.cond nor the pattern gather can
+    # state their output sharding: select both branches (under vmap, as sparsify's tile-wise
+    # solve runs, a cond computes both anyway) and decode the pattern index with a one-hot
+    # matmul (exact: 0/1 entries).
+    ranked = jnp.where(any_inf, most_inf_first(totals), totals)
+    onehot = jax.nn.one_hot(best(ranked), len(patterns), dtype=jnp.float32)  # (B, K)
+    keep = jnp.matmul(onehot, table.T) > 0.5
+    return keep.reshape(b, m, m)

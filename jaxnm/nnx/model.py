@@ -19,7 +19,7 @@ from flax import nnx
 from jaxnm._params import format_path, key_path_names
 from jaxnm._state import find_state
 from jaxnm.nnx.ops import NMConv, NMDotGeneral, NMEinsum, NMOp, check_einsum_kernel, einsum_plan
-from jaxnm.ops import parse_grad_sparsity
+from jaxnm.ops import MVUE, check_grad_sparsity
 
 ModelT = TypeVar("ModelT", bound=nnx.Module)
 
@@ -35,7 +35,7 @@ def sparsify_model(
     model: ModelT,
     optimizer: nnx.Optimizer,
     *,
-    grad_sparsity: str | None = None,
+    grad_sparsity: MVUE | None = None,
     rngs: nnx.Rngs | None = None,
 ) -> ModelT:
     """Routes every sparsified kernel of ``model`` through the N:M training ops, in place.
@@ -48,13 +48,13 @@ def sparsify_model(
 
       optimizer = nnx.Optimizer(model, optax.chain(jaxnm.sparsify(2, 4), optax.adamw(1e-3)),
                                 wrt=nnx.Param)
-      jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity="mvue_2_4",
+      jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=jaxnm.MVUE(2, 4),
                                rngs=nnx.Rngs(1))
 
     Args:
       model: the NNX model the optimizer was built for.
       optimizer: ``nnx.Optimizer`` whose ``tx`` chains :func:`jaxnm.sparsify`.
-      grad_sparsity: ``None``, ``"mvue_1_2"``, ``"mvue_2_4"`` or ``"approx_mvue_2_4"``.
+      grad_sparsity: ``None`` or a :class:`jaxnm.MVUE`, e.g. ``MVUE(2, 4)``.
       rngs: ``nnx.Rngs`` for the MVUE keys (one key per layer call from its default
         stream; shared by all layers); required with ``grad_sparsity``.
 
@@ -67,7 +67,7 @@ def sparsify_model(
         names its path; exclude it with ``include``) or an Einsum kernel whose last two
         axes are not (contracted, output).
     """
-    parse_grad_sparsity(grad_sparsity)
+    check_grad_sparsity(grad_sparsity, needs_key=False)
     if grad_sparsity is not None and rngs is None:
         raise ValueError(f"`grad_sparsity` (={grad_sparsity!r}) needs `rngs` (an nnx.Rngs).")
     state = find_state(optimizer.opt_state)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnm.mask_packing import unpack
-from jaxnm.ops import nm_conv_fn, nm_dot_general
+from jaxnm.ops import MVUE, nm_conv, nm_dot_general
 
 
 class NMOp(nnx.Module):
@@ -30,7 +30,7 @@ class NMOp(nnx.Module):
       bits: the optimizer's packed-mask Variable, ``(..., R // m, C)`` unsigned words
         (groups of ``m`` along the kernel's axis ``-2``, see :mod:`jaxnm.mask_packing`).
       m: group size (static).
-      grad_sparsity: ``None`` or an MVUE pattern of :func:`jaxnm.ops.nm_dot_general`.
+      grad_sparsity: ``None`` or a :class:`jaxnm.MVUE` (see :func:`jaxnm.ops.nm_dot_general`).
       rngs: ``nnx.Rngs`` drawing one key per call from its default stream (None when
         ``grad_sparsity`` is None).
       original: the op the layer had before (static), restored by
@@ -42,7 +42,7 @@ class NMOp(nnx.Module):
         bits: nnx.Variable,
         m: int,
         *,
-        grad_sparsity: str | None,
+        grad_sparsity: MVUE | None,
         rngs: nnx.Rngs | None,
         original: Callable[..., Any],
     ):
@@ -87,11 +87,13 @@ class NMDotGeneral(NMOp):
 
 class NMConv(NMOp):
     """``conv_general_dilated`` of ``nnx.Conv`` (HWIO kernel as ``rhs``); takes the arguments
-    of ``lax.conv_general_dilated`` as Flax passes them (see :func:`jaxnm.ops.nm_conv_fn`)."""
+    of ``lax.conv_general_dilated`` as Flax passes them (see
+    :func:`jaxnm.ops.nm_conv`)."""
 
     def __call__(self, lhs, rhs, *args, **kwargs):
-        conv = nm_conv_fn(self.mask(), grad_sparsity=self.grad_sparsity, key=self.key())
-        return conv(lhs, rhs, *args, **kwargs)
+        return nm_conv(
+            lhs, rhs, self.mask(), *args, grad_sparsity=self.grad_sparsity, key=self.key(), **kwargs
+        )
 
 
 class NMEinsum(NMOp):

@@ -1,13 +1,13 @@
 """Training ops: N:M matmul and convolution with transposed masks and MVUE gradient pruning."""
 
-from jaxnm.ops.grad_prune import GRAD_SPARSITY, GradSparsity, parse_grad_sparsity
-from jaxnm.ops.mvue import mvue, mvue_with_mask
+from jaxnm.ops.grad_prune import check_grad_sparsity
+from jaxnm.ops.mvue import MVUE, mvue, mvue_with_mask
 from jaxnm.ops.nm_conv import nm_conv, nm_conv_fn
 from jaxnm.ops.nm_dot_general import nm_dot_general, nm_dot_general_fn, nm_linear
 
 __all__ = [
-    "GRAD_SPARSITY",
-    "GradSparsity",
+    "MVUE",
+    "check_grad_sparsity",
     "mvue",
     "mvue_with_mask",
     "nm_conv",
@@ -15,5 +15,4 @@ __all__ = [
     "nm_dot_general",
     "nm_dot_general_fn",
     "nm_linear",
-    "parse_grad_sparsity",
 ]

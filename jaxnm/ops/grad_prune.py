@@ -1,9 +1,9 @@
 """MVUE pruning of the output gradient ``dY`` along its token axis, for the weight gradient.
 
-``grad_sparsity`` selects the estimator: ``None`` (dense), ``"mvue_1_2"``, ``"mvue_2_4"`` or
-``"approx_mvue_2_4"`` (BRIEF §5). Groups of ``m`` run along the flattened token axis (all
-output positions that the weight-gradient GEMM ``dW = Xᵀ·dY`` reduces over), separately for
-every output feature.
+``grad_sparsity`` selects the estimator: ``None`` (dense) or a :class:`jaxnm.MVUE`
+(``MVUE(1, 2)``, ``MVUE(2, 4)``, ``MVUE(2, 4, approx=True)``; BRIEF §5). Groups of ``m`` run
+along the flattened token axis (all output positions that the weight-gradient GEMM
+``dW = Xᵀ·dY`` reduces over), separately for every output feature.
 
 Ragged tail policy: when the number of tokens ``T`` is not a multiple of ``m``, the first
 ``T − T mod m`` tokens are pruned and the last ``T mod m`` tokens stay dense (exact), so the
@@ -12,55 +12,43 @@ estimate stays unbiased for any ``T``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
-from jaxnm.ops.mvue import check_key, mvue
-
-GRAD_SPARSITY = ("mvue_1_2", "mvue_2_4", "approx_mvue_2_4")
+from jaxnm.ops.mvue import MVUE, check_key, estimate
 
 
-class GradSparsity(NamedTuple):
-    """A parsed ``grad_sparsity`` setting."""
+def check_grad_sparsity(grad_sparsity, key=None, *, needs_key: bool = True) -> MVUE | None:
+    """The boundary check of every op taking ``grad_sparsity``; returns it unchanged.
 
-    n: int  # kept per group
-    m: int  # group size
-    method: str  # "exact" or "approx", see jaxnm.ops.mvue
-
-
-_PARSED = {
-    "mvue_1_2": GradSparsity(1, 2, "exact"),
-    "mvue_2_4": GradSparsity(2, 4, "exact"),
-    "approx_mvue_2_4": GradSparsity(2, 4, "approx"),
-}
-
-
-def parse_grad_sparsity(grad_sparsity: str | None) -> GradSparsity | None:
-    """Validates ``grad_sparsity`` and returns its :class:`GradSparsity` (``None`` if dense)."""
+    Raises:
+      TypeError: ``grad_sparsity`` is neither ``None`` nor a :class:`jaxnm.MVUE` (a string
+        names :meth:`jaxnm.MVUE.parse`, the converter for command-line strings).
+      ValueError: ``grad_sparsity`` is set, ``needs_key`` is True and ``key`` is None.
+    """
     if grad_sparsity is None:
         return None
-    if not isinstance(grad_sparsity, str) or grad_sparsity not in _PARSED:
-        raise ValueError(
-            f"`grad_sparsity` must be None or one of {GRAD_SPARSITY}, got {grad_sparsity!r}."
+    if not isinstance(grad_sparsity, MVUE):
+        hint = (
+            f" Use jaxnm.MVUE.parse({grad_sparsity!r}) to convert a command-line string."
+            if isinstance(grad_sparsity, str)
+            else ""
         )
-    return _PARSED[grad_sparsity]
-
-
-def check_grad_key(spec: GradSparsity | None, key) -> None:
-    """MVUE needs a key: raises ``ValueError`` when ``spec`` is set and ``key`` is None."""
-    if spec is not None:
+        raise TypeError(
+            f"`grad_sparsity` must be None or a jaxnm.MVUE, got {grad_sparsity!r}.{hint}"
+        )
+    if needs_key:
         check_key(key)
+    return grad_sparsity
 
 
-def prune_tokens(g: jax.Array, spec: GradSparsity, key: jax.Array) -> jax.Array:
+def prune_tokens(g: jax.Array, spec: MVUE, key: jax.Array) -> jax.Array:
     """MVUE-prunes ``g`` along axis 1 (tokens), leaving a ragged tail dense.
 
     Args:
       g: ``(B, T, F)`` floating array: batch (not pruned across), tokens (the N:M group
         axis), features.
-      spec: the estimator.
+      spec: the estimator (validated; nothing is re-checked here, in the backward pass).
       key: PRNG key.
 
     Returns:
@@ -72,6 +60,6 @@ def prune_tokens(g: jax.Array, spec: GradSparsity, key: jax.Array) -> jax.Array:
     if full == 0:
         return g
     if full == tokens:
-        return mvue(g, spec.n, spec.m, key, axis=1, method=spec.method)
-    head = mvue(g[:, :full], spec.n, spec.m, key, axis=1, method=spec.method)
+        return estimate(g, spec, key, 1)[0]
+    head = estimate(g[:, :full], spec, key, 1)[0]
     return jnp.concatenate([head, g[:, full:]], axis=1)

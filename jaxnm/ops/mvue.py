@@ -5,17 +5,17 @@ For a group ``a`` of ``m`` entries keeping ``n``, entry ``i`` is kept with proba
 The estimate is unbiased, ``E[out] = a``, and its variance ``Σ a_i² (1/p_i − 1)`` is the least
 of any unbiased estimator that keeps ``n`` of ``m``. Implemented:
 
-* ``method="exact"``, 1:2: keep ``a_0`` with probability ``|a_0| / (|a_0| + |a_1|)``, valued
+* exact (``approx=False``), 1:2: keep ``a_0`` with probability ``|a_0| / (|a_0| + |a_1|)``, valued
   ``sign(a_0)(|a_0| + |a_1|)``; else the same for ``a_1``.
-* ``method="exact"``, 2:4, ``S = Σ|a_i|``: if ``max|a_i| < S/2``, ``p_i = 2|a_i| / S`` (drawn
+* exact (``approx=False``), 2:4, ``S = Σ|a_i|``: if ``max|a_i| < S/2``, ``p_i = 2|a_i| / S`` (drawn
   with systematic sampling, two points ``u`` and ``u + 1`` on the cumulated ``p``), kept values
   ``sign(a_i)·S/2``. Otherwise the dominant entry is kept as is and one of the other three is
   kept with probability ``|a_j| / R``, valued ``sign(a_j)·R``, ``R = S − max|a_i|``.
-* ``method="approx"``, 2:4 (2by4-pretrain): draw one index ``∝ |a|``, a second ``∝ |a|`` among
+* ``approx=True``, 2:4 (2by4-pretrain): draw one index ``∝ |a|``, a second ``∝ |a|`` among
   the other three, and divide each kept value by its exact inclusion probability
   ``π_k = (|a_k| / S)·(1 + Σ_{l≠k} |a_l| / (S − |a_l|))``. Unbiased, slightly higher variance.
 
-Uniforms: one per group (two for ``"approx"``) from :func:`uniforms`, a counter hash keyed by
+Uniforms: one per group (two for ``approx=True``) from :func:`uniforms`, a counter hash keyed by
 ``key``; every uniform is exactly uniform over keys, so the estimates are unbiased.
 
 Exactly ``n`` positions are kept in every group. Groups with fewer than ``n`` nonzero entries keep
@@ -28,7 +28,9 @@ A group holding NaN or ±inf (or whose magnitudes sum beyond the float range) ke
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -36,26 +38,76 @@ from jax import lax
 
 from jaxnm._checks import check_floating, check_group_axis, check_nm
 
-MVUE_METHODS = ("exact", "approx")
-SUPPORTED_NM = {"exact": ((1, 2), (2, 4)), "approx": ((2, 4),)}
-
 # Case "A" of exact 2:4 is used only when 2·max|a_i| < S·(1 − _DOMINANT_TOL), so that no
 # probability rounds to 1 or above and the two systematic points never fall in one interval.
 # The dominant case ("B") is unbiased for every group, so the tolerance costs no bias.
 _DOMINANT_TOL = 2.0**-18
 
+#: The ``(n, m)`` pairs of the exact (``False``) and the approximate (``True``) estimator.
+SUPPORTED_NM = {False: ((1, 2), (2, 4)), True: ((2, 4),)}
 
-def check_mvue(n: int, m: int, method: str) -> tuple[int, int]:
-    """Validates an MVUE setting; returns ``(n, m)`` as Python ints."""
-    n, m = check_nm(n, m)
-    if method not in MVUE_METHODS:
-        raise ValueError(f"`method` must be one of {MVUE_METHODS}, got {method!r}.")
-    if (n, m) not in SUPPORTED_NM[method]:
-        supported = ", ".join(f"{a}:{b}" for a, b in SUPPORTED_NM[method])
-        raise ValueError(
-            f"MVUE method={method!r} supports n:m in {{{supported}}}, got n:m = {n}:{m}."
-        )
-    return n, m
+_CLI_FORM = re.compile(r"mvue_(\d+)_(\d+)(_approx)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class MVUE:
+    """Minimum-variance unbiased N:M pruning of neural gradients: the ``grad_sparsity`` setting.
+
+    Validated once, when constructed; every op that takes ``grad_sparsity: MVUE | None``
+    uses it as is. Frozen and hashable, so it is a static setting under ``jit``.
+
+    Attributes:
+      n: entries kept per group of ``m``.
+      m: group size. Supported: 1:2 and 2:4 (exact), 2:4 with ``approx=True``.
+      approx: the 2:4 sequential draw of 2by4-pretrain (unbiased, slightly higher variance,
+        see the module docstring) instead of the exact minimum-variance estimator.
+
+    Example:
+      >>> import jaxnm
+      >>> jaxnm.MVUE(1, 2)
+      MVUE(n=1, m=2, approx=False)
+      >>> jaxnm.MVUE.parse("mvue_2_4_approx") == jaxnm.MVUE(2, 4, approx=True)
+      True
+    """
+
+    n: int = 2
+    m: int = 4
+    approx: bool = False
+
+    def __post_init__(self):
+        n, m = check_nm(self.n, self.m)
+        if not isinstance(self.approx, bool):
+            raise TypeError(f"`approx` must be a bool, got {self.approx!r}.")
+        if (n, m) not in SUPPORTED_NM[self.approx]:
+            supported = ", ".join(f"{a}:{b}" for a, b in SUPPORTED_NM[self.approx])
+            kind = "approx=True" if self.approx else "exact MVUE"
+            raise ValueError(f"{kind} supports n:m in {{{supported}}}, got n:m = {n}:{m}.")
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "m", m)
+
+    def __str__(self) -> str:
+        """The command-line form, e.g. ``"mvue_2_4"`` or ``"mvue_2_4_approx"``."""
+        return f"mvue_{self.n}_{self.m}" + ("_approx" if self.approx else "")
+
+    @classmethod
+    def parse(cls, text: str) -> MVUE | None:
+        """Converts a command-line string: ``"none"`` (dense), ``"mvue_1_2"``,
+        ``"mvue_2_4"`` or ``"mvue_2_4_approx"`` (the inverse of ``str``).
+
+        For examples and CLIs; the library itself only takes :class:`MVUE` values.
+
+        Raises:
+          ValueError: any other string.
+        """
+        if text == "none":
+            return None
+        match = _CLI_FORM.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(
+                f"`grad_sparsity` (={text!r}) must be 'none' or 'mvue_<n>_<m>[_approx]', "
+                "e.g. 'mvue_2_4'."
+            )
+        return cls(int(match[1]), int(match[2]), approx=match[3] is not None)
 
 
 def check_key(key, name: str = "key") -> None:
@@ -68,7 +120,7 @@ def check_key(key, name: str = "key") -> None:
 
 
 def mvue(
-    x: jax.Array, n: int, m: int, key: jax.Array, *, axis: int = 0, method: str = "exact"
+    x: jax.Array, n: int, m: int, key: jax.Array, *, axis: int = 0, approx: bool = False
 ) -> jax.Array:
     """Unbiased minimum-variance N:M pruning of ``x`` along ``axis``.
 
@@ -81,14 +133,14 @@ def mvue(
       key: PRNG key (``jax.random.key`` or a raw ``uint32[2]`` key). Every group draws its own
         uniforms from it; use a fresh key per step and per layer.
       axis: the axis holding the groups of ``m`` consecutive entries.
-      method: ``"exact"`` (1:2 and 2:4 MVUE) or ``"approx"`` (2:4 sequential draw).
+      approx: the 2:4 sequential draw instead of the exact estimator (see :class:`MVUE`).
 
     Returns:
       Array of ``x``'s shape and dtype with exactly ``n`` kept positions per group (see the
       module docstring) and ``E[mvue(x)] = x`` over keys.
 
     Raises:
-      ValueError: non-floating ``x``, unsupported ``n:m``/``method``, ``m`` not dividing
+      ValueError: non-floating ``x``, unsupported ``n:m``/``approx``, ``m`` not dividing
         ``x.shape[axis]``, or ``key=None``.
 
     Example:
@@ -98,11 +150,11 @@ def mvue(
       >>> int((out != 0).sum()), float(out[0])
       (2, -0.5)
     """
-    return mvue_with_mask(x, n, m, key, axis=axis, method=method)[0]
+    return mvue_with_mask(x, n, m, key, axis=axis, approx=approx)[0]
 
 
 def mvue_with_mask(
-    x: jax.Array, n: int, m: int, key: jax.Array, *, axis: int = 0, method: str = "exact"
+    x: jax.Array, n: int, m: int, key: jax.Array, *, axis: int = 0, approx: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """Like :func:`mvue`, also returning the kept positions.
 
@@ -111,17 +163,33 @@ def mvue_with_mask(
       ``x``'s shape with exactly ``n`` True per group of ``m`` along ``axis`` (``values`` is 0
       wherever ``keep`` is False).
     """
-    n, m = check_mvue(n, m, method)
+    spec = MVUE(n, m, approx=approx)
     check_floating(x, "x")
     check_key(key)
     axis = check_group_axis(jnp.shape(x), axis, m, name="x")
+    return estimate(x, spec, key, axis)
+
+
+def estimate(x: jax.Array, spec: MVUE, key: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """:func:`mvue_with_mask` without checks, for callers that validated their arguments.
+
+    Args:
+      x: floating array; ``x.shape[axis]`` a multiple of ``spec.m``.
+      spec: the (validated) estimator.
+      key: PRNG key.
+      axis: non-negative axis index.
+
+    Returns:
+      ``(values, keep)`` as :func:`mvue_with_mask`.
+    """
+    n, m = spec.n, spec.m
     shape = x.shape
     pre = math.prod(shape[:axis])
     post = math.prod(shape[axis + 1 :])
     compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
     groups = x.reshape(pre, shape[axis] // m, m, post).astype(compute_dtype)
     slots = [groups[:, :, i, :] for i in range(m)]
-    if method == "approx":
+    if spec.approx:
         u1, u2 = uniforms(key, slots[0].shape, 2)
         values, keep = _approx_2_4(slots, u1, u2)
     else:

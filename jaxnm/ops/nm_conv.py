@@ -25,12 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
-from jaxnm.ops.grad_prune import (
-    GradSparsity,
-    check_grad_key,
-    parse_grad_sparsity,
-    prune_tokens,
-)
+from jaxnm.ops.grad_prune import check_grad_sparsity, prune_tokens
+from jaxnm.ops.mvue import MVUE
 from jaxnm.ops.nm_dot_general import masked_linear, transpose_in_rhs
 
 
@@ -45,7 +41,7 @@ class _ConvConfig(NamedTuple):
     feature_group_count: int
     precision: Any
     preferred_element_type: Any
-    spec: GradSparsity | None
+    spec: MVUE | None
     use_srste: bool
 
     def apply(self, lhs, rhs):
@@ -88,9 +84,11 @@ def nm_conv(
     rhs_dilation: Sequence[int] | None = None,
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
     feature_group_count: int = 1,
+    batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
-    grad_sparsity: str | None = None,
+    out_sharding=None,
+    grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
     srste: float | jax.Array = 0.0,
 ) -> jax.Array:
@@ -104,11 +102,13 @@ def nm_conv(
         an HWIO kernel), or transposable N:M over ``(in, out)``. Gets no gradient.
       window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count, precision,
         preferred_element_type: as for ``lax.conv_general_dilated``.
+      batch_group_count, out_sharding: accepted as Flax passes them, only at their
+        defaults (1 and None).
       dimension_numbers: as for ``lax.conv_general_dilated``: layout strings
         (default Flax's ``("NHWC", "HWIO", "NHWC")``, any spatial rank) or a
         ``lax.ConvDimensionNumbers``.
-      grad_sparsity: ``None``, ``"mvue_1_2"``, ``"mvue_2_4"`` or ``"approx_mvue_2_4"``: prune
-        ``dY`` along the flattened batch·spatial output positions before the kernel gradient.
+      grad_sparsity: ``None`` or a :class:`jaxnm.MVUE`: prune ``dY`` along the flattened
+        batch·spatial output positions before the kernel gradient.
       key: PRNG key, required when ``grad_sparsity`` is set. Fold in the step and layer id.
       srste: SR-STE weight ``λ >= 0``; adds ``λ·(1 − mask) ⊙ rhs`` to the kernel gradient.
 
@@ -116,15 +116,19 @@ def nm_conv(
       The convolution output in the layout of ``dimension_numbers[2]``.
 
     Raises:
-      ValueError: ``mask.shape != rhs.shape``, non-floating operands, an unknown
-        ``grad_sparsity``, ``grad_sparsity`` without ``key``, or a negative ``srste``.
+      ValueError: ``mask.shape != rhs.shape``, non-floating operands, ``grad_sparsity``
+        without ``key``, or a negative ``srste``.
+      TypeError: ``grad_sparsity`` neither ``None`` nor a :class:`jaxnm.MVUE`.
     """
+    if batch_group_count != 1:
+        raise ValueError(f"`batch_group_count` must be 1, got {batch_group_count}.")
+    if out_sharding is not None:
+        raise ValueError(f"`out_sharding` is not supported, got {out_sharding!r}.")
     check_floating(lhs, "lhs")
     check_floating(rhs, "rhs")
     check_mask_like(mask, rhs, w_name="rhs")
     mask = jnp.asarray(mask)
-    spec = parse_grad_sparsity(grad_sparsity)
-    check_grad_key(spec, key)
+    spec = check_grad_sparsity(grad_sparsity, key)
     use_srste = check_nonnegative_scalar(srste, "srste")
     cfg = _ConvConfig(
         window_strides=tuple(int(s) for s in window_strides),
@@ -151,7 +155,7 @@ def nm_conv(
 def nm_conv_fn(
     mask: jax.Array,
     *,
-    grad_sparsity: str | None = None,
+    grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
     srste: float | jax.Array = 0.0,
 ) -> Callable[..., jax.Array]:
@@ -170,7 +174,7 @@ def nm_conv_fn(
       A drop-in replacement for ``lax.conv_general_dilated`` (``batch_group_count`` must be 1
       and ``out_sharding`` None).
     """
-    check_grad_key(parse_grad_sparsity(grad_sparsity), key)
+    check_grad_sparsity(grad_sparsity, key)
 
     def conv_general_dilated(
         lhs,
@@ -186,10 +190,6 @@ def nm_conv_fn(
         preferred_element_type=None,
         out_sharding=None,
     ):
-        if batch_group_count != 1:
-            raise ValueError(f"`batch_group_count` must be 1, got {batch_group_count}.")
-        if out_sharding is not None:
-            raise ValueError(f"`out_sharding` is not supported, got {out_sharding!r}.")
         return nm_conv(
             lhs,
             rhs,
@@ -200,8 +200,10 @@ def nm_conv_fn(
             rhs_dilation=rhs_dilation,
             dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
             precision=precision,
             preferred_element_type=preferred_element_type,
+            out_sharding=out_sharding,
             grad_sparsity=grad_sparsity,
             key=key,
             srste=srste,

@@ -31,12 +31,8 @@ from jax import lax
 
 from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
 from jaxnm._sharding import explicit_sharding, reshape
-from jaxnm.ops.grad_prune import (
-    GradSparsity,
-    check_grad_key,
-    parse_grad_sparsity,
-    prune_tokens,
-)
+from jaxnm.ops.grad_prune import check_grad_sparsity, prune_tokens
+from jaxnm.ops.mvue import MVUE
 
 
 class _DotConfig(NamedTuple):
@@ -46,7 +42,7 @@ class _DotConfig(NamedTuple):
     precision: Any
     preferred_element_type: Any
     out_sharding: Any
-    spec: GradSparsity | None  # None: dense weight gradient
+    spec: MVUE | None  # None: dense weight gradient
     use_srste: bool
 
     def apply(self, lhs, rhs):
@@ -128,7 +124,7 @@ def nm_dot_general(
     mask: jax.Array,
     dimension_numbers,
     *,
-    grad_sparsity: str | None = None,
+    grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
     srste: float | jax.Array = 0.0,
     precision=None,
@@ -147,8 +143,8 @@ def nm_dot_general(
         contraction axis (``in``), or transposable N:M. Gets no gradient.
       dimension_numbers: as for ``lax.dot_general``:
         ``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))``.
-      grad_sparsity: ``None`` (dense weight gradient), ``"mvue_1_2"``, ``"mvue_2_4"`` or
-        ``"approx_mvue_2_4"``: prune ``dY`` along its flattened token axes (groups of ``m``
+      grad_sparsity: ``None`` (dense weight gradient) or a :class:`jaxnm.MVUE`, e.g.
+        ``MVUE(2, 4)``: prune ``dY`` along its flattened token axes (groups of ``m``
         consecutive tokens, per batch index and output feature) before ``lhsᵀ · dY``. A
         ragged tail of ``T mod m`` tokens stays dense.
       key: PRNG key, required when ``grad_sparsity`` is set. Fold in the step and layer id.
@@ -164,8 +160,9 @@ def nm_dot_general(
       axes, then rhs free axes.
 
     Raises:
-      ValueError: ``mask.shape != rhs.shape``, non-floating operands, an unknown
-        ``grad_sparsity``, ``grad_sparsity`` without ``key``, or a negative ``srste``.
+      ValueError: ``mask.shape != rhs.shape``, non-floating operands, ``grad_sparsity``
+        without ``key``, or a negative ``srste``.
+      TypeError: ``grad_sparsity`` neither ``None`` nor a :class:`jaxnm.MVUE`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxnm
@@ -175,14 +172,13 @@ def nm_dot_general(
       >>> jaxnm.ops.nm_dot_general(x, w, mask, dn)[0]
       Array([10., 12.], dtype=float32)
       >>> dw = jax.grad(lambda w: jaxnm.ops.nm_dot_general(
-      ...     x, w, mask, dn, grad_sparsity="mvue_2_4", key=jax.random.key(0)).sum())(w)
+      ...     x, w, mask, dn, grad_sparsity=jaxnm.MVUE(2, 4), key=jax.random.key(0)).sum())(w)
     """
     check_floating(lhs, "lhs")
     check_floating(rhs, "rhs")
     check_mask_like(mask, rhs, w_name="rhs")
     mask = jnp.asarray(mask)
-    spec = parse_grad_sparsity(grad_sparsity)
-    check_grad_key(spec, key)
+    spec = check_grad_sparsity(grad_sparsity, key)
     use_srste = check_nonnegative_scalar(srste, "srste")
     cfg = _DotConfig(
         dimension_numbers=_normalize_dimension_numbers(dimension_numbers),
@@ -207,7 +203,7 @@ def nm_linear(
     w: jax.Array,
     mask: jax.Array,
     *,
-    grad_sparsity: str | None = None,
+    grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
     srste: float | jax.Array = 0.0,
     precision=None,
@@ -251,7 +247,7 @@ def nm_linear(
 def nm_dot_general_fn(
     mask: jax.Array,
     *,
-    grad_sparsity: str | None = None,
+    grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
     srste: float | jax.Array = 0.0,
 ) -> Callable[..., jax.Array]:
@@ -260,7 +256,7 @@ def nm_dot_general_fn(
     Flax ``nnx.Linear`` and ``linen.Dense`` call
     ``dot_general(inputs, kernel, dimension_numbers, precision=..., [preferred_element_type=...,
     out_sharding=...])``; the returned function has exactly that signature, so e.g.
-    ``nnx.Linear(..., dot_general=nm_dot_general_fn(mask, grad_sparsity="mvue_2_4", key=k))``
+    ``nnx.Linear(..., dot_general=nm_dot_general_fn(mask, grad_sparsity=MVUE(2, 4), key=k))``
     (build it inside the forward pass, where the current mask and key are known).
 
     Args:
@@ -271,7 +267,7 @@ def nm_dot_general_fn(
       ``fn(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
       out_sharding=None)``.
     """
-    check_grad_key(parse_grad_sparsity(grad_sparsity), key)
+    check_grad_sparsity(grad_sparsity, key)
 
     def dot_general(
         lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None

@@ -12,8 +12,10 @@ import jaxnm.linen as jl
 
 N, M = 2, 4
 
+MVUE_2_4 = jaxnm.MVUE(2, 4)
 
-def _mlp(layers, grad_sparsity="mvue_2_4"):
+
+def _mlp(layers, grad_sparsity=MVUE_2_4):
     class MLP(nn.Module):
         @nn.compact
         def __call__(self, x):
@@ -40,7 +42,7 @@ def _key():
     return jax.random.key(7)
 
 
-def _gs(layers, grad_sparsity="mvue_2_4"):
+def _gs(layers, grad_sparsity=MVUE_2_4):
     return {"grad_sparsity": grad_sparsity} if layers is jl else {}
 
 

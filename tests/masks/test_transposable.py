@@ -10,10 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxnm
-from jaxnm.masks import exhaustive
-from jaxnm.masks.transposable import _solvers
+from jaxnm.masks import SOLVERS, exhaustive
 
-METHODS = sorted(_solvers())
+METHODS = sorted(set(SOLVERS) - {"auto"})  # "auto" dispatches to two of them
 NM = [(1, 2), (2, 4), (4, 8), (2, 8), (8, 16)]
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 
@@ -177,3 +176,27 @@ def test_bad_input(call, match):
 def test_non_int_n_is_type_error():
     with pytest.raises(TypeError, match="`n`"):
         jaxnm.transposable_mask(jnp.ones((8, 8)), 2.0, 4)
+
+
+def test_methods_are_one_vocabulary_and_solvers_plug_in():
+    import typing
+
+    assert set(typing.get_args(jaxnm.masks.MaskMethod)) == set(SOLVERS)
+    with pytest.raises(TypeError):
+        SOLVERS["mine"] = SOLVERS["greedy"]  # read-only: no global registry
+    w = jax.random.normal(jax.random.key(3), (8, 16))
+    calls = []
+
+    def mine(scores, n):  # the solver contract: float32 (B, m, m), n -> bool (B, m, m)
+        calls.append((scores.shape, scores.dtype, n))
+        return SOLVERS["exhaustive"](scores, n)
+
+    np.testing.assert_array_equal(
+        jaxnm.transposable_mask(w, 2, 4, method=mine),
+        jaxnm.transposable_mask(w, 2, 4, method="exhaustive"),
+    )
+    assert calls == [((8, 4, 4), jnp.float32, 2)]
+    with pytest.raises(TypeError, match="solver callable"):
+        jaxnm.transposable_mask(w, 2, 4, method=3)
+    with pytest.raises(ValueError, match=r"\['auto', 'exact', 'exact_device', 'exhaustive'"):
+        jaxnm.transposable_mask(w, 2, 4, method="ilp")

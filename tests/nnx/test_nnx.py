@@ -12,6 +12,8 @@ import jaxnm.nnx
 
 N, M = 2, 4
 
+MVUE_2_4 = jaxnm.MVUE(2, 4)
+
 
 class MLP(nnx.Module):
     def __init__(self, rngs):
@@ -46,7 +48,7 @@ def _task(net, key=0):
     return x, jax.lax.stop_gradient(teacher(x))
 
 
-def _setup(net, grad_sparsity="mvue_2_4", **kwargs):
+def _setup(net, grad_sparsity=MVUE_2_4, **kwargs):
     model = net(nnx.Rngs(1))
     tx = optax.chain(jaxnm.sparsify(N, M, **kwargs), optax.adam(0.02))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -166,7 +168,7 @@ def test_errors():
         jaxnm.nnx.sparsify_model(model, opt)
     model, optimizer = _setup(MLP, grad_sparsity=None)
     with pytest.raises(ValueError, match="rngs"):
-        jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity="mvue_2_4")
+        jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=jaxnm.MVUE(2, 4))
 
     class BadEinsum(nnx.Module):
         def __init__(self, rngs):

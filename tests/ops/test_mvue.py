@@ -30,7 +30,9 @@ def _test_array():
 
 def _samples(x, n, m, method, num=NUM_KEYS, dtype=jnp.float32):
     keys = jax.random.split(jax.random.key(123), num)
-    fn = jax.jit(jax.vmap(lambda k: mvue(jnp.asarray(x, dtype), n, m, k, method=method)))
+    fn = jax.jit(
+        jax.vmap(lambda k: mvue(jnp.asarray(x, dtype), n, m, k, approx=method == "approx"))
+    )
     return np.asarray(fn(keys).astype(jnp.float32), np.float64)
 
 
@@ -86,7 +88,7 @@ def test_approx_inclusion_matches_enumeration(mvue_ref):
 
 
 _jit_mvue_with_mask = jax.jit(
-    lambda x, n, m, key, method: mvue_with_mask(x, n, m, key, method=method),
+    lambda x, n, m, key, method: mvue_with_mask(x, n, m, key, approx=method == "approx"),
     static_argnums=(1, 2, 4),
 )
 
@@ -119,7 +121,7 @@ def test_exactly_n_kept_per_group(x, setting, seed):
 @pytest.mark.parametrize("n,m,method", SETTINGS)
 def test_low_precision(dtype, n, m, method, mvue_ref):
     x = np.asarray(jnp.asarray(_test_array(), dtype).astype(jnp.float32))
-    out = mvue(jnp.asarray(x, dtype), n, m, jax.random.key(0), method=method)
+    out = mvue(jnp.asarray(x, dtype), n, m, jax.random.key(0), approx=method == "approx")
     assert out.dtype == dtype
     samples = _samples(x, n, m, method, num=4000, dtype=dtype)
     var, _ = mvue_ref.moments(x, n, m, method)
@@ -152,7 +154,7 @@ def test_axis_jit_vmap():
 @pytest.mark.parametrize("n,m,method", SETTINGS)
 def test_non_finite_groups_become_nan(n, m, method):
     x = jnp.array([[jnp.nan, 1.0, 2.0, 3.0], [jnp.inf, 1.0, -2.0, 0.0], [1.0, -1.0, 2.0, 0.5]]).T
-    values, keep = mvue_with_mask(x, n, m, jax.random.key(0), method=method)
+    values, keep = mvue_with_mask(x, n, m, jax.random.key(0), approx=method == "approx")
     values, keep = np.asarray(values).reshape(-1, m, 3), np.asarray(keep).reshape(-1, m, 3)
     np.testing.assert_array_equal(keep.sum(axis=1), n)
     first = np.arange(m)[None, :] < n
@@ -170,9 +172,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="supports n:m in"):
         mvue(x, 4, 8, key)
     with pytest.raises(ValueError, match="supports n:m in"):
-        mvue(x, 1, 2, key, method="approx")
-    with pytest.raises(ValueError, match="`method` must be one of"):
-        mvue(x, 2, 4, key, method="topk")
+        mvue(x, 1, 2, key, approx=True)
+    with pytest.raises(TypeError, match="`approx` must be a bool"):
+        mvue(x, 2, 4, key, approx="topk")
     with pytest.raises(ValueError, match="`key` is required"):
         mvue(x, 2, 4, None)
     with pytest.raises(ValueError, match="`x` must have a floating dtype"):
@@ -212,3 +214,29 @@ def test_uniforms_are_uniform_and_decorrelated():
     for a, b in pairs:
         r = np.corrcoef(a.ravel(), b.ravel())[0, 1]
         assert abs(r) < 6 / np.sqrt(min(a.size, num)), r
+
+
+def test_mvue_setting_is_validated_once_and_parses_cli_strings():
+    from jaxnm import MVUE
+
+    for spec in (MVUE(1, 2), MVUE(2, 4), MVUE(2, 4, approx=True)):
+        assert MVUE.parse(str(spec)) == spec
+        assert hash(spec) == hash(MVUE(spec.n, spec.m, approx=spec.approx))
+    assert MVUE() == MVUE(2, 4, approx=False) == MVUE.parse("mvue_2_4")
+    assert MVUE.parse("none") is None
+    assert isinstance(MVUE(np.int64(2), 4).n, int)
+    with pytest.raises(ValueError, match=r"exact MVUE supports n:m in \{1:2, 2:4\}, got n:m = 4:8"):
+        MVUE(4, 8)
+    with pytest.raises(ValueError, match=r"approx=True supports n:m in \{2:4\}"):
+        MVUE(1, 2, approx=True)
+    with pytest.raises(TypeError, match="`approx` must be a bool"):
+        MVUE(2, 4, approx=1)
+    with pytest.raises(TypeError, match="`n` must be a static Python int"):
+        MVUE(2.0, 4)
+    for bad in ("approx_mvue_2_4", "2:4", "mvue_2_4_exact", "MVUE(2, 4)"):
+        with pytest.raises(ValueError, match="must be 'none' or 'mvue_<n>_<m>"):
+            MVUE.parse(bad)
+    with pytest.raises(ValueError, match="exact MVUE supports"):
+        MVUE.parse("mvue_4_8")
+    with pytest.raises(AttributeError):
+        MVUE().n = 1

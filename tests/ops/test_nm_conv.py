@@ -79,16 +79,18 @@ def test_nchw_layout_and_check_grads():
 
 def _manual_pruned_dw(x, w, dy, key, grad_sparsity, dn_out_feature=-1):
     """Oracle: MVUE along N*H*W (memory order), ragged tail dense, then the dense transpose."""
-    spec = jaxnm.ops.parse_grad_sparsity(grad_sparsity)
+    spec = grad_sparsity
     flat = jnp.moveaxis(dy, dn_out_feature, -1).reshape(-1, dy.shape[dn_out_feature])
     full = flat.shape[0] - flat.shape[0] % spec.m
-    head = jaxnm.mvue(flat[None, :full], spec.n, spec.m, key, axis=1, method=spec.method)[0]
+    head = jaxnm.mvue(flat[None, :full], spec.n, spec.m, key, axis=1, approx=spec.approx)[0]
     pruned = jnp.concatenate([head, flat[full:]]).reshape(dy.shape)
     _, pull = jax.vjp(lambda b: _conv(x, b), w)
     return pull(pruned)[0]
 
 
-@pytest.mark.parametrize("grad_sparsity", ["mvue_1_2", "mvue_2_4", "approx_mvue_2_4"])
+@pytest.mark.parametrize(
+    "grad_sparsity", [jaxnm.MVUE(1, 2), jaxnm.MVUE(2, 4), jaxnm.MVUE(2, 4, approx=True)], ids=str
+)
 @pytest.mark.parametrize("rows", [6, 7])
 def test_kernel_gradient_prunes_positions_per_channel(grad_sparsity, rows):
     # 2*6*5 = 60 positions (a multiple of 2 and 4); 2*7*5 = 70 leaves a dense tail of 2 for m=4.
@@ -116,7 +118,7 @@ def test_mvue_kernel_gradient_is_unbiased(mvue_ref):
     num = 20000
 
     def dw_for(key):
-        _, pull = jax.vjp(lambda b: conv(x, b, mask, grad_sparsity="mvue_2_4", key=key), w)
+        _, pull = jax.vjp(lambda b: conv(x, b, mask, grad_sparsity=jaxnm.MVUE(2, 4), key=key), w)
         return pull(dy)[0]
 
     dws = np.asarray(jax.jit(jax.vmap(dw_for))(jax.random.split(jax.random.key(0), num)))
@@ -138,7 +140,9 @@ def test_flax_conv_seam_bf16_and_jit():
     layer = nnx.Conv(8, 8, (3, 3), rngs=nnx.Rngs(0))
     x, _, _ = _problem()
     mask = jaxnm.nm_mask(layer.kernel[...], 2, 4)
-    layer.conv_general_dilated = nm_conv_fn(mask, grad_sparsity="mvue_2_4", key=jax.random.key(1))
+    layer.conv_general_dilated = nm_conv_fn(
+        mask, grad_sparsity=jaxnm.MVUE(2, 4), key=jax.random.key(1)
+    )
     y = layer(x)
     np.testing.assert_allclose(y, _conv(x, layer.kernel[...] * mask) + layer.bias[...], atol=1e-5)
     # bfloat16 operands with float32 accumulation, under jit and jax.checkpoint.
@@ -152,7 +156,7 @@ def test_flax_conv_seam_bf16_and_jit():
             (1, 1),
             "SAME",
             preferred_element_type=jnp.float32,
-            grad_sparsity="mvue_2_4",
+            grad_sparsity=jaxnm.MVUE(2, 4),
             key=jax.random.key(2),
         )
         assert out.dtype == jnp.float32
@@ -171,8 +175,8 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="`mask` must have the shape"):
         nm_conv(x, w, mask[..., :4], (1, 1), "SAME")
     with pytest.raises(ValueError, match="`key` is required"):
-        nm_conv(x, w, mask, (1, 1), "SAME", grad_sparsity="mvue_1_2")
-    with pytest.raises(ValueError, match="`grad_sparsity` must be None or one of"):
+        nm_conv(x, w, mask, (1, 1), "SAME", grad_sparsity=jaxnm.MVUE(1, 2))
+    with pytest.raises(TypeError, match="`grad_sparsity` must be None or a jaxnm.MVUE"):
         nm_conv(x, w, mask, (1, 1), "SAME", grad_sparsity="2:4", key=jax.random.key(0))
     with pytest.raises(ValueError, match="`batch_group_count` must be 1"):
         nm_conv_fn(mask)(x, w, (1, 1), "SAME", dimension_numbers=NHWC, batch_group_count=2)

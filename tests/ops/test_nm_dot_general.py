@@ -101,7 +101,7 @@ def test_batch_and_multi_axis_dimension_numbers():
         ((3, 2, 4, 5), (2, 4, 6), (((2,), (1,)), ((1,), (0,)))),
     ],
 )
-@pytest.mark.parametrize("grad_sparsity", [None, "mvue_2_4"])
+@pytest.mark.parametrize("grad_sparsity", [None, jaxnm.MVUE(2, 4)], ids=str)
 def test_weight_gradient_in_any_axis_order(x_shape, w_shape, dn, grad_sparsity):
     k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
     x, w = jax.random.normal(k1, x_shape), jax.random.normal(k2, w_shape)
@@ -132,11 +132,11 @@ def test_check_grads_input_and_all_ones_mask():
     check_grads(lambda a, b: nm_dot_general(a, b, ones, DN), (x, w), order=1, modes=["rev"])
 
 
-@pytest.mark.parametrize("grad_sparsity", ["mvue_1_2", "mvue_2_4", "approx_mvue_2_4"])
+@pytest.mark.parametrize(
+    "grad_sparsity", [jaxnm.MVUE(1, 2), jaxnm.MVUE(2, 4), jaxnm.MVUE(2, 4, approx=True)], ids=str
+)
 def test_mvue_weight_gradient_is_unbiased(grad_sparsity, mvue_ref):
-    from jaxnm.ops.grad_prune import parse_grad_sparsity
-
-    spec = parse_grad_sparsity(grad_sparsity)
+    spec = grad_sparsity
     x, w, mask, dy = _problem(t=8, d=4, f=4, seed=1)
     num = 20000
 
@@ -150,7 +150,9 @@ def test_mvue_weight_gradient_is_unbiased(grad_sparsity, mvue_ref):
     dense = np.asarray(x, np.float64).T @ np.asarray(dy, np.float64)
     # Per-entry std of the pruned dY (closed form), then Cauchy-Schwarz inside each group of m
     # tokens (kept values of one group are dependent) and independence across groups.
-    std = mvue_ref.marginal_std(np.asarray(dy, np.float64), spec.n, spec.m, spec.method, axis=0)
+    std = mvue_ref.marginal_std(
+        np.asarray(dy, np.float64), spec.n, spec.m, "approx" if spec.approx else "exact", axis=0
+    )
     ax = np.abs(np.asarray(x, np.float64))
     per_group = np.einsum("gtd,gtf->gdf", ax.reshape(-1, spec.m, 4), std.reshape(-1, spec.m, 4))
     bound = 5.0 * np.sqrt(np.sum(per_group**2, axis=0) / num)
@@ -163,7 +165,7 @@ def test_mvue_weight_gradient_is_unbiased(grad_sparsity, mvue_ref):
 def test_ragged_token_tail_stays_dense():
     x, w, mask, dy = _problem(t=10, d=4, f=4, seed=2)
     key = jax.random.key(5)
-    fn = functools.partial(nm_dot_general, grad_sparsity="mvue_2_4", key=key)
+    fn = functools.partial(nm_dot_general, grad_sparsity=jaxnm.MVUE(2, 4), key=key)
     _, _, dw = _vjp(lambda a, b: fn(a, b, mask, DN), x, w, dy)
     head = jaxnm.mvue(dy[None, :8], 2, 4, key, axis=1)[0]
     expected = x.T @ jnp.concatenate([head, dy[8:]], axis=0)
@@ -178,7 +180,7 @@ def test_jit_vmap_checkpoint():
     key = jax.random.key(0)
 
     def loss(w, x, key):
-        y = nm_linear(x, w, mask, grad_sparsity="mvue_2_4", key=key, srste=1e-3)
+        y = nm_linear(x, w, mask, grad_sparsity=jaxnm.MVUE(2, 4), key=key, srste=1e-3)
         return jnp.sum(y * dy)
 
     eager = jax.grad(loss)(w, x, key)
@@ -213,7 +215,7 @@ def test_low_precision_with_float32_accumulation(dtype):
                 a,
                 b,
                 mask,
-                grad_sparsity="mvue_2_4",
+                grad_sparsity=jaxnm.MVUE(2, 4),
                 key=jax.random.key(1),
                 preferred_element_type=jnp.float32,
             )
@@ -229,7 +231,9 @@ def test_flax_dot_general_seam():
     layer = nnx.Linear(8, 12, rngs=nnx.Rngs(0))
     mask = jaxnm.nm_mask(layer.kernel[...], 2, 4)
     x = jax.random.normal(jax.random.key(1), (5, 8))
-    layer.dot_general = nm_dot_general_fn(mask, grad_sparsity="mvue_1_2", key=jax.random.key(2))
+    layer.dot_general = nm_dot_general_fn(
+        mask, grad_sparsity=jaxnm.MVUE(1, 2), key=jax.random.key(2)
+    )
     y = layer(x)
     np.testing.assert_allclose(y, x @ (layer.kernel[...] * mask) + layer.bias[...], rtol=1e-5)
 
@@ -239,11 +243,11 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="`mask` must have the shape"):
         nm_dot_general(x, w, mask[:4], DN)
     with pytest.raises(ValueError, match="`key` is required"):
-        nm_dot_general(x, w, mask, DN, grad_sparsity="mvue_2_4")
+        nm_dot_general(x, w, mask, DN, grad_sparsity=jaxnm.MVUE(2, 4))
     with pytest.raises(ValueError, match="`key` is required"):
-        nm_dot_general_fn(mask, grad_sparsity="mvue_1_2")
-    with pytest.raises(ValueError, match="`grad_sparsity` must be None or one of"):
-        nm_dot_general(x, w, mask, DN, grad_sparsity="mvue_4_8", key=jax.random.key(0))
+        nm_dot_general_fn(mask, grad_sparsity=jaxnm.MVUE(1, 2))
+    with pytest.raises(TypeError, match=r"Use jaxnm.MVUE.parse\('mvue_2_4'\)"):
+        nm_dot_general(x, w, mask, DN, grad_sparsity="mvue_2_4", key=jax.random.key(0))
     with pytest.raises(ValueError, match="`srste` must be >= 0"):
         nm_dot_general(x, w, mask, DN, srste=-1.0)
     with pytest.raises(ValueError, match="`dimension_numbers`"):

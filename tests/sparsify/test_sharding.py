@@ -172,7 +172,7 @@ EXPLICIT_SCRIPT = textwrap.dedent(
     xt = jax.random.normal(kx, (8, 4, 64))
 
     def op_loss(w, x, mask):
-        out = nm_linear(x, w, mask, grad_sparsity="mvue_2_4", key=jax.random.key(1))
+        out = nm_linear(x, w, mask, grad_sparsity=jaxnm.MVUE(2, 4), key=jax.random.key(1))
         return jnp.sum(out**2)
 
     g1 = jax.jit(jax.grad(op_loss))(w, xt, mask)

@@ -131,9 +131,8 @@ def test_training_schedule_refresh_only_at_refresh_steps():
             if is_refresh and t > start:
                 # Refresh t recomputes from the params of step t - 1.
                 w = history[t - 1][0]["dense"]["kernel"]
-                np.testing.assert_array_equal(
-                    masks[0], jaxnm.transposable_mask(w, N, M, method="greedy")
-                )
+                # sparsify and transposable_mask share the default method ("auto").
+                np.testing.assert_array_equal(masks[0], jaxnm.transposable_mask(w, N, M))
         prev = masks
     # At least one refresh after the start actually changed a mask in this run.
     changes = [
@@ -279,6 +278,8 @@ def test_errors():
         jaxnm.sparsify(N, M, start_step=5, end_step=5)
     with pytest.raises(ValueError, match="method"):
         jaxnm.sparsify(N, M, method="nope")
+    with pytest.raises(ValueError, match="exhaustive.*4:8"):  # cannot serve 4:8: at init
+        jaxnm.sparsify(4, 8, method="exhaustive").init({"kernel": jnp.ones((8, 8))})
     with pytest.raises(ValueError, match="`m`"):
         jaxnm.sparsify(2, 64)
     with pytest.raises(TypeError, match="`n`"):
