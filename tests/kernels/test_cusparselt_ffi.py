@@ -7,15 +7,19 @@ no C++ compiler) or no compile-only GPU device exists (no jax CUDA plugin). Noth
 on a GPU.
 """
 
+import importlib.util
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from jax.sharding import SingleDeviceSharding
 
 import jaxnm
 from jaxnm.kernels import cusparselt
 from jaxnm.kernels.cusparselt import library
+from jaxnm.kernels.targets import compile_for_gpu
 
 COMPRESS, MATMUL, SEARCH = library.TARGETS
 
@@ -36,15 +40,9 @@ def extension(tmp_path_factory):
 
 
 def custom_calls(fn, device, *args) -> list[str]:
-    """Custom-call targets of ``jit(fn)`` compiled for ``device`` (args: ShapeDtypeStructs)."""
-    s = SingleDeviceSharding(device)
-    placed = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) for a in args]
-    text = jax.jit(fn).trace(*placed).lower().compile().as_text()
-    return [
-        line.split('custom_call_target="')[1].split('"')[0]
-        for line in text.splitlines()
-        if 'custom_call_target="' in line
-    ]
+    """Custom-call targets of ``jit(fn)`` compiled for the compile-only ``device``."""
+    hlo = compile_for_gpu(fn, device, *args).hlo
+    return re.findall(r'custom_call_target="([^"]+)"', hlo)
 
 
 def test_extension_loads_and_registers(extension):
@@ -167,3 +165,35 @@ def test_unregistered_target_fails_to_compile(gpu_target):
 
     with pytest.raises(Exception, match="(?i)no.*(handler|registered)"):
         custom_calls(f, gpu_target, jax.ShapeDtypeStruct((16,), jnp.float32))
+
+
+def _device_check_section():
+    path = Path(__file__).parents[2] / "benchmarks" / "gpu_check_cusparselt.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_cusparselt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_check_section_skips_on_cpu():
+    section = _device_check_section()
+    out = section.section(smoke=True)
+    assert "no CUDA GPU" in out["skipped"] or "not built" in out["skipped"], out
+
+
+@pytest.mark.parametrize(
+    "gpu_target", ["h100", pytest.param("h200", marks=pytest.mark.slow)], indirect=True
+)
+def test_device_check_section_compiles_for_gpu(extension, gpu_target):
+    """The section's GPU programs (the GEMM layouts and the training layer it times) compile
+    deviceless, so the device check cannot rot before a GPU runs it."""
+    section = _device_check_section()
+    x, w, mask, cot = section.layer_case(64, 128, 64)
+
+    def layer(x, w, c, backend="cusparselt"):
+        return section.training_grads(x, w, mask, c, backend=backend)
+
+    targets = custom_calls(layer, gpu_target, x, w, cot)
+    assert targets.count(COMPRESS) == 3 and targets.count(MATMUL) == 3, targets
+    dense = custom_calls(lambda x, w, c: layer(x, w, c, "dense"), gpu_target, x, w, cot)
+    assert COMPRESS not in dense and MATMUL not in dense

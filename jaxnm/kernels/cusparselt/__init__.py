@@ -10,6 +10,7 @@ from jaxnm.kernels.cusparselt.layout import compressed_nbytes, emulate_matmul
 from jaxnm.kernels.cusparselt.library import (
     CusparseLtUnavailableError,
     available,
+    library_compressed_nbytes,
     load,
     version,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "cusparselt_linear",
     "cusparselt_support",
     "emulate_matmul",
+    "library_compressed_nbytes",
     "load",
     "matmul",
     "nm_matmul_cusparselt",

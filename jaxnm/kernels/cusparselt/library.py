@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 
+from jaxnm.kernels.cusparselt import layout
 from jaxnm.kernels.cusparselt.build import DEFAULT_OUTPUT
 
 ENV_VAR = "JAXNM_CUSPARSELT_LIBRARY"
@@ -95,3 +96,23 @@ def available() -> bool:
 def version() -> int:
     """cuSPARSELt version of the loaded library, ``major·10⁶ + minor·100 + patch``."""
     return int(load().jaxnm_cslt_version())
+
+
+def library_compressed_nbytes(rows: int, cols: int, dtype, device: int = 0) -> int:
+    """The compressed size cuSPARSELt reports for a ``(rows, cols)`` 2:4 operand (needs a GPU).
+
+    For checking :func:`~jaxnm.kernels.cusparselt.compressed_nbytes` on a device.
+
+    Raises:
+      RuntimeError: no usable GPU, or cuSPARSELt refused the shape (status named).
+    """
+    size = ctypes.c_int64()
+    code = layout.CUDA_TYPE[layout.check_dtype(dtype, "dtype")]
+    status = load().jaxnm_cslt_compressed_size(device, rows, cols, code, ctypes.byref(size))
+    if status != 0:
+        raise RuntimeError(
+            f"cuSPARSELt compressed-size query failed for ({rows}, {cols}) {dtype} on device "
+            f"{device}: status {status} (-1: CUDA error, -2: GPU older than sm_80, else a "
+            "cusparseStatus_t)."
+        )
+    return int(size.value)
