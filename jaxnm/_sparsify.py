@@ -43,10 +43,9 @@ from jaxnm._params import Include, default_include, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
 from jaxnm.mask_packing import MAX_GROUP, pack, packed_shape, unpack, word_dtype
+from jaxnm.masks.layers import layer_masks
 from jaxnm.masks.nm import nm_mask
-from jaxnm.masks.solvers import SOLVERS, MaskMethod, Solver, resolve_solver
-from jaxnm.masks.tiles import from_tiles, to_tiles
-from jaxnm.masks.transposable import transposable_mask
+from jaxnm.masks.solvers import MaskMethod, Solver, resolve_solver
 
 
 def sparsify(
@@ -131,11 +130,8 @@ def sparsify(
     select = include if include is not None else default_include(m, transposable)
     use_srste = not (isinstance(srste, (int, float)) and srste == 0)
 
-    @jax.jit
-    def solve_packed(w: jax.Array) -> jax.Array:
-        if transposable:
-            return pack(_transposable_tilewise(w, n, m, solver), m)
-        return pack(nm_mask(w, n, m, axis=-2), m)
+    def solve_packed(masks: Any, params: Any) -> Any:
+        return _solve_packed_tree(masks, params, n, m, transposable, solver)
 
     def dense_masks(masks: Any) -> Any:
         # full_like keeps the masks' sharding (lax.switch branches must agree on it).
@@ -144,7 +140,7 @@ def sparsify(
     def init_fn(params: Any) -> SparsifyState:
         masks = select_leaves(params, select, m, transposable)
         if start_step == 0:
-            masks = map_masks(lambda _, p: solve_packed(p), masks, params)
+            masks = solve_packed(masks, params)
         else:
             masks = map_masks(lambda _, p: _packed_ones(p, m), masks, params)
         return SparsifyState(count=jnp.zeros([], jnp.int32), masks=masks, m=m)
@@ -170,7 +166,7 @@ def sparsify(
             branch,
             [
                 lambda: state.masks,
-                lambda: map_masks(lambda _, p: solve_packed(p), state.masks, params),
+                lambda: solve_packed(state.masks, params),
                 lambda: dense_masks(state.masks),
             ],
         )
@@ -179,22 +175,32 @@ def sparsify(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _transposable_tilewise(w: jax.Array, n: int, m: int, method: Solver) -> jax.Array:
-    """:func:`jaxnm.transposable_mask`, solved tile by tile (``vmap`` over the tile grid).
+def _solve_packed_tree(masks: Any, params: Any, n: int, m: int, transposable: bool, solver):
+    """Packed masks of the leaves of ``params`` where ``masks`` is not None, all solved by
+    one call (:func:`_solve_packed`); a pytree like ``map_masks(fn, masks, params)``."""
+    selected = map_masks(lambda _, p: variable_array(p), masks, params)
+    leaves, treedef = jax.tree.flatten(selected)
+    if not leaves:
+        return selected
+    packed = _solve_packed(tuple(leaves), n=n, m=m, transposable=transposable, solver=solver)
+    return jax.tree.unflatten(treedef, packed)
 
-    Each tile's mask depends only on that tile, so this equals the batched solve. Keeping
-    the ``(R // m, C // m)`` tile grid as vmapped axes lets a sharded weight keep its
-    sharding through the refresh: no tile leaves its device (the batched solvers flatten
-    the grid into one batch axis, which makes XLA gather sharded weights). The host
-    ``"exact"`` solver is called once per layer instead.
+
+@functools.partial(jax.jit, static_argnames=("n", "m", "transposable", "solver"))
+def _solve_packed(ws: tuple, *, n: int, m: int, transposable: bool, solver) -> list:
+    """Packed masks of the weights ``ws``, one compiled call for all of them.
+
+    Transposable: :func:`jaxnm.masks.layers.layer_masks` solves the tiles of every weight
+    in one solver call (on one device: one flat batch, whatever the kernel shapes; where
+    weights may be sharded: every tile grid kept, so no tile leaves its device). A jitted
+    module-level function, so compiled solvers are cached by shapes and settings across
+    :func:`sparsify` instances, and ``init`` and the refresh branch trace the same code.
     """
-    if method is SOLVERS["exact"]:
-        return transposable_mask(w, n, m, method=method)
-    solve = functools.partial(transposable_mask, n=n, m=m, method=method)
-    tiles = to_tiles(w, m)  # (..., R // m, C // m, m, m)
-    for _ in range(tiles.ndim - 2):
-        solve = jax.vmap(solve)
-    return from_tiles(solve(tiles))
+    if transposable:
+        masks = layer_masks(ws, n, m, solver)
+    else:
+        masks = [nm_mask(w, n, m, axis=-2) for w in ws]
+    return [pack(mask, m) for mask in masks]
 
 
 def _add_srste(updates: Any, masks: Any, params: Any, srste, m: int) -> Any:

@@ -2,7 +2,7 @@
 
 A layer's transposable mask is its ``m x m`` tiles' masks, each depending on its tile only
 (the solver contract: ``solve(scores: float32 (B, m, m), n) -> bool (B, m, m)``, see
-:mod:`jaxnm.masks.transposable`). So a list of weights can be solved in two ways, with the
+:mod:`jaxnm.masks.solvers`). So a list of weights can be solved in two ways, with the
 same masks:
 
 * ``"flat"``: the tiles of every weight are concatenated into one ``(B, m, m)`` batch and
@@ -24,7 +24,7 @@ compacts only batches of at least :data:`COMPACT_MIN_TILES` tiles, measured by
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jaxnm._checks import check_floating, check_nm, check_tileable
 from jaxnm._sharding import explicit_sharding
 from jaxnm.masks.scores import importance
+from jaxnm.masks.solvers import Solver
 from jaxnm.masks.tiles import from_tiles, to_tiles
 
 Plan = Literal["flat", "grid"]
@@ -62,9 +63,7 @@ def default_compact(tiles: int) -> bool:
     return tiles >= COMPACT_MIN_TILES
 
 
-def solve_tiles(
-    tiles: jax.Array, n: int, solve: Callable[[jax.Array, int], jax.Array], *, compact: bool
-) -> jax.Array:
+def solve_tiles(tiles: jax.Array, n: int, solve: Solver, *, compact: bool) -> jax.Array:
     """Solves a batch of tile scores with any number of batch axes.
 
     Args:
@@ -94,7 +93,7 @@ def layer_masks(
     ws: Sequence[jax.Array],
     n: int,
     m: int,
-    solve: Callable[[jax.Array, int], jax.Array],
+    solve: Solver,
     *,
     plan: Plan | None = None,
     compact: bool | None = None,
