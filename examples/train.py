@@ -34,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--sparsity", choices=["dense", "2:4", "4:8"], default=defaults.sparsity)
     p.add_argument(
         "--transposable",
-        action="store_true",
-        help="transposable N:M masks (N:M along both kernel axes)",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.transposable,
+        help="transposable N:M masks (N:M along both kernel axes; default, as jaxnm.sparsify)",
     )
     p.add_argument(
         "--grad-sparsity",
@@ -115,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def _run_name(a: argparse.Namespace) -> str:
     name = f"{a.model}_{a.data}_{a.sparsity.replace(':', '')}"
-    if a.transposable:
+    if a.transposable and a.sparsity != "dense":
         name += "t"
     if a.grad_sparsity != "none":
         name += f"_{a.grad_sparsity}"
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_args(argv)
     history = train(cfg)
     if history:
-        print(json.dumps({"out": cfg.out, **history[-1]}))
+        last = history[-1]
+        print(f"final test accuracy {100 * last['test_acc']:.2f}% (results in {cfg.out})")
+        print(json.dumps({"out": cfg.out, **last}))
     return history
 
 

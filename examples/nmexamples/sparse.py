@@ -46,12 +46,11 @@ def spec_from_config(cfg) -> SparseSpec | None:
             f"`grad_sparsity` (={cfg.grad_sparsity!r}) must be one of {list(GRAD_SPARSITIES)}."
         )
     nm = SPARSITIES[cfg.sparsity]
-    if nm is None:
-        if cfg.transposable or cfg.grad_sparsity != "none":
+    if nm is None:  # `transposable` (default True, as jaxnm.sparsify) has no effect here
+        if cfg.grad_sparsity != "none":
             raise ValueError(
-                "`transposable` and `grad_sparsity` need a sparse run (--sparsity 2:4 or 4:8), "
-                f"got sparsity={cfg.sparsity!r}, transposable={cfg.transposable}, "
-                f"grad_sparsity={cfg.grad_sparsity!r}."
+                "`grad_sparsity` needs a sparse run (--sparsity 2:4 or 4:8), "
+                f"got sparsity={cfg.sparsity!r}, grad_sparsity={cfg.grad_sparsity!r}."
             )
         return None
     grad = jaxnm.MVUE.parse(cfg.grad_sparsity)  # the one place the flag becomes a value

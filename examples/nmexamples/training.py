@@ -73,7 +73,7 @@ class TrainConfig:
 
     model: str = "resnet"
     sparsity: str = "dense"
-    transposable: bool = False
+    transposable: bool = True  # as jaxnm.sparsify
     grad_sparsity: str = "none"
     epochs: int = 30
     batch_size: int = 64
@@ -262,6 +262,10 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
     _write_metrics(metrics_path, history)
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    if cfg.progress:
+        print(f"results: {out} (config.json, metrics.jsonl, checkpoints/)", flush=True)
+        if start_epoch < end_epoch:
+            print("compiling the train step (the first step waits for it)...", flush=True)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         loss_sum, correct = 0.0, 0
@@ -300,7 +304,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
         if cfg.progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{cfg.epochs}: train_loss {record['train_loss']:.4f} "
-                f"train_acc {record['train_acc']:.4f} test_acc {test_acc:.4f}"
+                f"train accuracy {100 * record['train_acc']:.2f}% "
+                f"test accuracy {100 * test_acc:.2f}%"
             )
     mngr.close()
     return history

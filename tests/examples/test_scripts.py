@@ -3,6 +3,7 @@ convert and plot. Each run is a couple of optimizer steps on 64 digits. The spar
 and the conversion script are marked slow (compile-heavy); jaxnm.convert itself is tested in
 tests/convert."""
 
+import inspect
 import json
 
 import convert as convert_script
@@ -116,7 +117,7 @@ def test_vit_runs(tmp_path, extra):
 
 def test_bad_flags(tmp_path):
     with pytest.raises(ValueError, match="sparse run"):
-        train_script.main([*TINY, "--transposable", "--out", str(tmp_path)])
+        train_script.main([*TINY, "--grad-sparsity", "mvue_1_2", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         train_script.parse_args(["--sparsity", "3:4"])
 
@@ -155,3 +156,9 @@ def test_plot_script(runs, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     with pytest.raises(ValueError, match="--layer"):
         plot_script.main([str(runs["sparse"]), "--out", str(tmp_path), "--layer", "nope"])
+
+
+def test_transposable_default_is_sparsify_default():
+    default = inspect.signature(jaxnm.sparsify).parameters["transposable"].default
+    assert train_script.parse_args(["--sparsity", "4:8"]).transposable is default is True
+    assert not train_script.parse_args(["--sparsity", "4:8", "--no-transposable"]).transposable
