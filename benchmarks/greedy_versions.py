@@ -1,18 +1,21 @@
-"""The ``"greedy"`` transposable solver now versus at an earlier commit, same process.
+"""A device solver (``"greedy"`` or ``"exact_device"``) now versus at an earlier commit.
 
-Loads ``jaxnm/masks/greedy.py`` and ``jaxnm/masks/residual.py`` as they were at ``--commit``
-(``git show``) into private modules, then times that ``solve`` and today's round-robin on
-the same Gaussian tiles (median after the compile call) and prints the ratio and the
-retained |w| of both. Needs a git checkout.
+Loads the solver modules of ``jaxnm/masks/`` as they were at ``--commit`` (``git show``)
+into private modules, then times that ``solve`` and today's round-robin on the same tiles
+(median after the compile call) and prints the ratio, the retained |w| of both and, with
+``--check``, how many tiles each leaves below the OR-Tools optimum (``exact``, float64
+totals; relative shortfall above ``1e-9``). Needs a git checkout.
 
     python benchmarks/greedy_versions.py --commit b172720 --size 4096 --nm 4:8 --reps 7
+    python benchmarks/greedy_versions.py --solver exact_device --commit 97feb18 \
+        --dist cauchy --nm 2:4 4:8 8:16 --check
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -21,53 +24,77 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnm.masks import greedy
+from jaxnm.masks import device_exact, exact, greedy
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Modules of ``jaxnm.masks`` the device solvers are built from, dependencies first.
+MODULES = ("fixed", "compaction", "residual", "greedy", "device_exact")
 
 
-def load_at(commit: str) -> types.ModuleType:
-    """``jaxnm.masks.greedy`` as of ``commit`` (with that commit's ``residual``)."""
+def load_at(commit: str, module: str = "greedy") -> types.ModuleType:
+    """``jaxnm.masks.<module>`` as of ``commit``, with that commit's solver modules."""
+    loaded: dict[str, types.ModuleType] = {}
+    for name in MODULES:
+        try:
+            text = subprocess.run(
+                ["git", "show", f"{commit}:jaxnm/masks/{name}.py"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        except subprocess.CalledProcessError:
+            continue  # not there yet at that commit
+        for dep in loaded:
+            text = re.sub(rf"from jaxnm\.masks\.{dep} import", f"from _v.{dep} import", text)
+            text = re.sub(
+                rf"from jaxnm\.masks import (.*)\b{dep}\b", rf"from _v import \1{dep}", text
+            )
+        mod_ = types.ModuleType(f"{name}@{commit}")
+        # Earlier modules are reachable as attributes of a fake `_v` package.
+        package = types.ModuleType("_v")
+        package.__dict__.update(loaded)
+        import sys
 
-    def source(path: str) -> str:
-        return subprocess.run(
-            ["git", "show", f"{commit}:{path}"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        sys.modules["_v"] = package
+        for dep, mod in loaded.items():
+            sys.modules[f"_v.{dep}"] = mod
+        exec(compile(text, f"{name}.py", "exec"), mod_.__dict__)
+        loaded[name] = mod_
+        if name == module:
+            return loaded[name]
+    raise ValueError(f"no jaxnm/masks/{module}.py at {commit}")
 
-    residual = types.ModuleType(f"residual_{commit}")
-    exec(compile(source("jaxnm/masks/residual.py"), "residual.py", "exec"), residual.__dict__)
-    sys.modules[residual.__name__] = residual
-    text = source("jaxnm/masks/greedy.py").replace(
-        "from jaxnm.masks.residual import", f"from {residual.__name__} import"
-    )
-    old = types.ModuleType(f"greedy_{commit}")
-    exec(compile(text, "greedy.py", "exec"), old.__dict__)
-    return old
+
+def scores(dist: str, tiles: int, m: int) -> jax.Array:
+    x = jax.random.key(0)
+    if dist == "cauchy":
+        return jnp.abs(jax.random.cauchy(x, (tiles, m, m), jnp.float32))
+    return jnp.abs(jax.random.normal(x, (tiles, m, m), jnp.float32))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--solver", choices=["greedy", "exact_device"], default="greedy")
     p.add_argument("--commit", default="b172720", help="the earlier version")
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--nm", nargs="+", default=["4:8"])
+    p.add_argument("--dist", choices=["normal", "cauchy"], default="normal")
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--check", action="store_true", help="count tiles below the optimum")
     a = p.parse_args()
-    old = load_at(a.commit)
+    old = load_at(a.commit, {"greedy": "greedy", "exact_device": "device_exact"}[a.solver])
+    new = {"greedy": greedy, "exact_device": device_exact}[a.solver]
+    then_k, now_k = f"{a.solver} @ {a.commit}", f"{a.solver} (now)"
     for nm in a.nm:
         n, m = map(int, nm.split(":"))
         tiles = (a.size // m) ** 2
-        s = jnp.abs(jax.random.normal(jax.random.key(0), (tiles, m, m), jnp.float32))
+        s = scores(a.dist, tiles, m)
         fns = {
-            f"greedy @ {a.commit}": jax.jit(lambda x, n=n: old.solve(x, n)),
-            "greedy (now)": jax.jit(lambda x, n=n: greedy.solve(x, n)),
+            then_k: jax.jit(lambda x, n=n: old.solve(x, n)),
+            now_k: jax.jit(lambda x, n=n: new.solve(x, n)),
         }
-        value = {}
-        for k, f in fns.items():
-            value[k] = float(jnp.sum(jnp.where(jax.block_until_ready(f(s)), s, 0.0)))
+        keep = {k: np.asarray(jax.block_until_ready(f(s))) for k, f in fns.items()}
         times = {k: [] for k in fns}
         for _ in range(a.reps):
             for k, f in fns.items():
@@ -75,11 +102,19 @@ def main() -> None:
                 jax.block_until_ready(f(s))
                 times[k].append(time.perf_counter() - t)
         med = {k: float(np.median(v)) for k, v in times.items()}
-        then, now = med[f"greedy @ {a.commit}"], med["greedy (now)"]
-        print(f"{a.size}x{a.size} float32 {n}:{m}, {tiles} tiles, median of {a.reps}:")
+        host = np.asarray(s, np.float64)
+        print(f"{a.size}x{a.size} {a.dist} float32 {n}:{m}, {tiles} tiles, median of {a.reps}:")
+        if a.check:
+            optimum = np.sum(host * exact.solve_host(np.asarray(s), n), axis=(-2, -1))
         for k in fns:
-            print(f"  {k:20s} {med[k]:7.3f} s   retained |w| {value[k]:.6e}")
-        print(f"  now / then: {now / then:.3f}")
+            value = np.sum(host * keep[k], axis=(-2, -1))
+            line = f"  {k:28s} {med[k]:7.3f} s   retained |w| {value.sum():.9e}"
+            if a.check:
+                short = (optimum - value) / optimum
+                below = int(np.sum(short > 1e-9))
+                line += f"   tiles below optimum {below} (worst {short.max():.1e})"
+            print(line)
+        print(f"  now / then: {med[now_k] / med[then_k]:.3f}", flush=True)
 
 
 if __name__ == "__main__":

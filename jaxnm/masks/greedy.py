@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm.masks.residual import cancel_cycles, compacted_rounds, finite_scores
+from jaxnm.masks.compaction import compacted_rounds
+from jaxnm.masks.residual import cancel_cycles, finite_scores
 
 
 def _ordered_int(x: jax.Array) -> jax.Array:
@@ -134,7 +135,7 @@ def greedy_keep(scores: jax.Array, n: int) -> jax.Array:
     Every entry's better neighbours are precomputed as bit sets, so a round is a few
     integer ops (``population_count`` of the available bits) on ``(B, m, m)`` arrays of
     small words; rounds run on compacted batches of the tiles that still have available
-    entries (:func:`~jaxnm.masks.residual.compacted_rounds`).
+    entries (:func:`~jaxnm.masks.compaction.compacted_rounds`).
 
     Args:
       scores: float32 ``(B, m, m)`` tile scores.

@@ -28,14 +28,12 @@ buffers, so the total work follows the number of tiles that still have negative 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-#: Each compacted buffer is this many times smaller than the previous one.
-_SHRINK = 8
+from jaxnm.masks import fixed
+from jaxnm.masks.compaction import compacted_rounds
 
 #: Relative tolerance, in units of ``m * eps(float32) * max|s|`` of the tile.
 _TOL_ULPS = 4.0
@@ -88,6 +86,25 @@ def row_graph(scores: jax.Array, keep: jax.Array) -> tuple[jax.Array, jax.Array]
     return jnp.min(step, axis=-1), jnp.argmin(step, axis=-1).astype(jnp.int32)
 
 
+def row_graph_exact(scores: fixed.Fixed, keep: jax.Array) -> tuple[fixed.Fixed, jax.Array]:
+    """:func:`row_graph` in exact grid arithmetic (:mod:`jaxnm.masks.fixed`).
+
+    Args:
+      scores: :class:`~jaxnm.masks.fixed.Fixed` ``(B, m, m)`` grid scores.
+      keep: bool ``(B, m, m)``.
+
+    Returns:
+      ``cost`` Fixed ``(B, m, m)`` (``cost[b, v, u]``; :func:`~jaxnm.masks.fixed.infinity`
+      if there is no step) and ``via`` int32 ``(B, m, m)``.
+    """
+    drop = fixed.index(scores, (slice(None), slice(None), None))  # [b, v, 1, c]
+    add = fixed.index(scores, (slice(None), None))  # [b, 1, u, c]
+    step = fixed.sub(drop, add)  # [b, v, u, c]: keep (u, c), drop (v, c)
+    valid = keep[:, :, None, :] & ~keep[:, None, :, :]
+    step = fixed.where(valid, step, fixed.infinity(step.hi.shape))
+    return fixed.min_argmin(step, axis=-1)
+
+
 def _follow(p: jax.Array, q: jax.Array) -> jax.Array:
     """``q[p[v]]`` per tile (``-1`` stays ``-1``)."""
     got = jnp.take_along_axis(q, jnp.maximum(p, 0), axis=-1)
@@ -115,6 +132,23 @@ def _bellman_ford(cost: jax.Array, tol: jax.Array, rounds: int) -> tuple[jax.Arr
     return pred, changed
 
 
+def _bellman_ford_exact(cost: fixed.Fixed, rounds: int) -> tuple[jax.Array, jax.Array]:
+    """:func:`_bellman_ford` in exact grid arithmetic: a relaxation is any strict decrease."""
+    b, m, _ = cost.hi.shape
+
+    def relax(_, state):
+        dist, pred, _ = state
+        cand = fixed.add(fixed.index(dist, (slice(None), None)), cost)  # [b, v, u]
+        best, arg = fixed.min_argmin(cand, axis=-1)
+        upd = fixed.less(best, dist)
+        pred = jnp.where(upd, arg, pred)
+        return fixed.where(upd, best, dist), pred, jnp.any(upd, axis=-1)
+
+    init = (fixed.zeros((b, m)), jnp.full((b, m), -1, jnp.int32), jnp.zeros(b, bool))
+    _, pred, changed = lax.fori_loop(0, rounds, relax, init)
+    return pred, changed
+
+
 def _on_cycles(pred: jax.Array) -> jax.Array:
     """bool ``(B, m)``: rows on a cycle of the predecessor graph.
 
@@ -131,14 +165,20 @@ def _on_cycles(pred: jax.Array) -> jax.Array:
 
 
 def cancel_round(
-    scores: jax.Array, keep: jax.Array, tol: jax.Array, *, bf_rounds: int | None = None
+    scores: jax.Array | fixed.Fixed,
+    keep: jax.Array,
+    tol: jax.Array | None,
+    *,
+    bf_rounds: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One round: cancels every predecessor cycle found by Bellman–Ford in every tile.
 
     Args:
-      scores: float32 ``(B, m, m)`` finite scores (see :func:`finite_scores`).
+      scores: float32 ``(B, m, m)`` finite scores (see :func:`finite_scores`), or exact
+        grid scores :class:`~jaxnm.masks.fixed.Fixed` ``(B, m, m)``.
       keep: bool ``(B, m, m)``, exactly ``n`` per row and column.
-      tol: float32 ``(B,)`` from :func:`tolerance`.
+      tol: float32 ``(B,)`` from :func:`tolerance` (float scores); ``None`` for grid
+        scores, where every strict decrease counts and cycles gain at least one unit.
       bf_rounds: Bellman–Ford rounds (static; ``None``: ``m``, enough to prove a tile
         optimal). Fewer rounds find fewer cycles (a heuristic round).
 
@@ -147,11 +187,16 @@ def cancel_round(
       ``active`` bool ``(B,)``: tiles that changed or whose relaxations did not settle
       (they need another round); the other tiles are optimal up to ``m * tol``.
     """
-    m = scores.shape[-1]
+    m = keep.shape[-1]
+    rounds = m if bf_rounds is None else bf_rounds
     # The barrier materializes the row graph once; otherwise XLA may fuse the (B, m, m, m)
     # reduction into each Bellman–Ford round and recompute it there.
-    cost, via = lax.optimization_barrier(row_graph(scores, keep))
-    pred, changed = _bellman_ford(cost, tol, m if bf_rounds is None else bf_rounds)
+    if isinstance(scores, fixed.Fixed):
+        cost, via = lax.optimization_barrier(row_graph_exact(scores, keep))
+        pred, changed = _bellman_ford_exact(cost, rounds)
+    else:
+        cost, via = lax.optimization_barrier(row_graph(scores, keep))
+        pred, changed = _bellman_ford(cost, tol, rounds)
     on = _on_cycles(pred)
     ar = jnp.arange(m, dtype=jnp.int32)
     # Column of the step pred[v] -> v, for each cycle row v: via[b, v, pred[v]].
@@ -165,87 +210,31 @@ def cancel_round(
     return (keep | add) & ~drop, changed
 
 
-def compacted_rounds(
-    step: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
-    scores: jax.Array,
-    keep: jax.Array,
-    *,
-    max_rounds: int,
-    min_buffer: int = 64,
-) -> jax.Array:
-    """Applies ``step`` to the tiles that still need it, at most ``max_rounds`` times each.
-
-    The first rounds run on the whole batch. Once at most an eighth of the tiles are
-    active, the active ones are gathered (``jnp.nonzero`` with a static size) into a buffer
-    of ``B // 8`` tiles, then ``B // 64`` and so on down to ``min_buffer``, so the work
-    follows the number of active tiles. Each tile's result depends only on that tile, so
-    it is the same whatever buffer it lands in.
-
-    Args:
-      step: ``(scores (K, ...), keep (K, ...)) -> (keep, active (K,) bool)``, one round.
-      scores: ``(B, ...)`` or a pytree of such arrays: per-tile data the step reads
-        (e.g. float32 ``(B, m, m)``).
-      keep: ``(B, ...)``, per-tile state the step updates (e.g. bool ``(B, m, m)``).
-      max_rounds: rounds per tile (static int).
-      min_buffer: smallest compacted batch (static int).
-
-    Returns:
-      ``keep`` after the rounds.
-    """
-    b = keep.shape[0]
-    if max_rounds <= 0 or b == 0:
-        return keep
-    sizes = [b]
-    while sizes[-1] // _SHRINK >= min_buffer:
-        sizes.append(sizes[-1] // _SHRINK)
-    state = (keep, jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32))
-    for level, size in enumerate(sizes):
-        stop = sizes[level + 1] if level + 1 < len(sizes) else 0
-
-        def cond(st, stop=stop):
-            return jnp.sum(st[1]) > stop
-
-        def body(st, size=size):
-            keep, active, rounds = st
-            if size == b:  # whole batch: no gather
-                new, still = step(scores, keep)
-                keep = jnp.where(active.reshape((-1,) + (1,) * (keep.ndim - 1)), new, keep)
-                rounds = rounds + active
-                return keep, active & still & (rounds < max_rounds), rounds
-            idx = jnp.nonzero(active, size=size, fill_value=b)[0].astype(jnp.int32)
-            safe = jnp.minimum(idx, b - 1)
-            new, still = step(jax.tree.map(lambda x: x[safe], scores), keep[safe])
-            done = rounds[safe] + 1
-            keep = keep.at[idx].set(new, mode="drop")
-            rounds = rounds.at[idx].set(done, mode="drop")
-            active = active.at[idx].set(still & (done < max_rounds), mode="drop")
-            return keep, active, rounds
-
-        state = lax.while_loop(cond, body, state)
-    return state[0]
-
-
 def cancel_cycles(
-    scores: jax.Array,
+    scores: jax.Array | fixed.Fixed,
     keep: jax.Array,
     *,
     max_rounds: int,
     bf_rounds: int | None = None,
     min_buffer: int = 64,
+    active: jax.Array | None = None,
 ) -> jax.Array:
     """Cancels negative cycles, at most ``max_rounds`` rounds per tile.
 
     Tiles stop as soon as a round finds nothing to improve, so with a large enough
-    ``max_rounds`` every tile ends optimal (up to ``m * tol`` of its score, see
-    :func:`tolerance`); a small ``max_rounds`` gives a fast high-quality heuristic.
+    ``max_rounds`` every tile ends optimal: exactly for grid scores, up to ``m * tol`` of
+    its score for float32 scores (see :func:`tolerance`); a small ``max_rounds`` gives a
+    fast high-quality heuristic.
 
     Args:
-      scores: float32 ``(B, m, m)`` finite scores (see :func:`finite_scores`).
+      scores: float32 ``(B, m, m)`` finite scores (see :func:`finite_scores`), or exact
+        grid scores :class:`~jaxnm.masks.fixed.Fixed` (``(B, m, m)`` words).
       keep: bool ``(B, m, m)`` with exactly ``n`` per row and column.
       max_rounds: rounds per tile (static int >= 0).
       bf_rounds: Bellman–Ford rounds per round (see :func:`cancel_round`); only ``None``
         (``m``) guarantees optimality at convergence.
       min_buffer: smallest compacted batch (static int).
+      active: bool ``(B,)``: only these tiles are worked on (``None``: all).
 
     Returns:
       bool ``(B, m, m)`` with the same row and column counts as ``keep`` and a retained
@@ -256,5 +245,8 @@ def cancel_cycles(
         s, tol = data
         return cancel_round(s, k, tol, bf_rounds=bf_rounds)
 
-    data = (scores, tolerance(scores))
-    return compacted_rounds(step, data, keep, max_rounds=max_rounds, min_buffer=min_buffer)
+    exact = isinstance(scores, fixed.Fixed)
+    data = (scores, None if exact else tolerance(scores))
+    return compacted_rounds(
+        step, data, keep, max_rounds=max_rounds, min_buffer=min_buffer, active=active
+    )

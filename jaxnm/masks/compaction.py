@@ -1,0 +1,92 @@
+"""Compacted rounds: apply a per-tile step only to the tiles that still need it.
+
+A generic scheduler for iterative per-tile algorithms (the greedy pass, the repair and the
+cycle cancelling of :mod:`jaxnm.masks.greedy` and :mod:`jaxnm.masks.residual`): the first
+rounds run on the whole batch; once few tiles are still active, they are gathered into
+smaller fixed-size buffers (``jnp.nonzero`` with a static size), so the total work follows
+the number of active tiles rather than the slowest tile times the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+#: Each compacted buffer is this many times smaller than the previous one.
+SHRINK = 8
+
+
+def compacted_rounds(
+    step: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+    scores,
+    keep,
+    *,
+    max_rounds: int,
+    min_buffer: int = 64,
+    active: jax.Array | None = None,
+):
+    """Applies ``step`` to the tiles that still need it, at most ``max_rounds`` times each.
+
+    The first rounds run on the whole batch. Once at most an eighth of the tiles are
+    active, the active ones are gathered (``jnp.nonzero`` with a static size) into a buffer
+    of ``B // 8`` tiles, then ``B // 64`` and so on down to ``min_buffer``, so the work
+    follows the number of active tiles. Each tile's result depends only on that tile, so
+    it is the same whatever buffer it lands in.
+
+    Args:
+      step: ``(scores (K, ...), keep (K, ...)) -> (keep, active (K,) bool)``, one round.
+      scores: ``(B, ...)`` or a pytree of such arrays: per-tile data the step reads
+        (e.g. float32 ``(B, m, m)``).
+      keep: ``(B, ...)`` or a pytree of such arrays: per-tile state the step updates
+        (e.g. bool ``(B, m, m)``).
+      max_rounds: rounds per tile (static int).
+      min_buffer: smallest compacted batch (static int).
+      active: bool ``(B,)``, the tiles to work on (``None``: all). When few are active
+        from the start, the rounds begin on compacted buffers.
+
+    Returns:
+      ``keep`` after the rounds.
+    """
+    b = jax.tree.leaves(keep)[0].shape[0]
+    if max_rounds <= 0 or b == 0:
+        return keep
+    sizes = [b]
+    while sizes[-1] // SHRINK >= min_buffer:
+        sizes.append(sizes[-1] // SHRINK)
+
+    def gather(tree, idx):
+        return jax.tree.map(lambda x: x[idx], tree)
+
+    active = jnp.ones((b,), bool) if active is None else active
+    state = (keep, active, jnp.zeros((b,), jnp.int32))
+    for level, size in enumerate(sizes):
+        stop = sizes[level + 1] if level + 1 < len(sizes) else 0
+
+        def cond(st, stop=stop):
+            return jnp.sum(st[1]) > stop
+
+        def body(st, size=size):
+            keep, active, rounds = st
+            if size == b:  # whole batch: no gather
+                new, still = step(scores, keep)
+                keep = jax.tree.map(
+                    lambda n, k: jnp.where(active.reshape((-1,) + (1,) * (k.ndim - 1)), n, k),
+                    new,
+                    keep,
+                )
+                rounds = rounds + active
+                return keep, active & still & (rounds < max_rounds), rounds
+            idx = jnp.nonzero(active, size=size, fill_value=b)[0].astype(jnp.int32)
+            safe = jnp.minimum(idx, b - 1)
+            new, still = step(gather(scores, safe), gather(keep, safe))
+            done = rounds[safe] + 1
+            keep = jax.tree.map(lambda k, n: k.at[idx].set(n, mode="drop"), keep, new)
+            rounds = rounds.at[idx].set(done, mode="drop")
+            active = active.at[idx].set(still & (done < max_rounds), mode="drop")
+            return keep, active, rounds
+
+        state = lax.while_loop(cond, body, state)
+    return state[0]

@@ -1,0 +1,145 @@
+"""Optimality certificates: bound >= LP optimum >= mask value; gap 0 exactly at the optimum."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+
+import jaxnm
+from jaxnm.masks import certificate, device_exact, greedy
+
+NM = [(1, 2), (2, 4), (3, 4), (4, 8), (2, 8), (8, 16)]
+DISTRIBUTIONS = ["normal", "cauchy", "log_uniform", "integers", "bf16"]
+#: Tiles per example; the thorough profile (``-m slow``) checks 10,000 per n:m and kind.
+TILES = 10_000 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 96
+
+
+def draw(kind, b, m, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        s = np.abs(rng.standard_normal((b, m, m)))
+    elif kind == "cauchy":
+        s = np.abs(rng.standard_cauchy((b, m, m)))
+    elif kind == "log_uniform":  # 16 decades
+        s = 10.0 ** rng.uniform(-8, 8, (b, m, m))
+    elif kind == "integers":  # many ties
+        s = rng.integers(0, 4, (b, m, m)).astype(float)
+    else:
+        s = np.abs(np.asarray(jnp.asarray(rng.standard_normal((b, m, m)), jnp.bfloat16), float))
+    return s.astype(np.float32)
+
+
+def lp_masks(s, n):
+    """The LP of every tile at once (block-diagonal, HiGHS): an optimal vertex per tile,
+    integral by total unimodularity. Returns bool ``(B, m, m)``."""
+    b, m, _ = s.shape
+    one = sp.eye(m, format="csr")
+    rows = sp.kron(one, np.ones((1, m)))  # tile row sums
+    cols = sp.kron(np.ones((1, m)), one)
+    a_eq = sp.block_diag([sp.vstack([rows, cols])] * b, format="csr")
+    scale = s.reshape(b, -1).max(-1, keepdims=True)
+    scale[scale == 0] = 1
+    cost = -(s.reshape(b, -1) / scale).ravel()  # each tile in units of its largest score
+    res = linprog(cost, A_eq=a_eq, b_eq=np.full(2 * m * b, n), bounds=(0, 1), method="highs")
+    assert res.status == 0
+    x = res.x.reshape(b, m, m)
+    assert np.allclose(x, np.round(x), atol=1e-6)  # a vertex: integral
+    keep = np.round(x).astype(bool)
+    assert np.all(keep.sum(-1) == n) and np.all(keep.sum(-2) == n)
+    return keep
+
+
+def retained(s, keep):
+    return np.sum(np.where(keep, s.astype(np.float64), 0.0), axis=(-2, -1))
+
+
+@functools.cache
+def certify_fn(n):
+    return jax.jit(lambda s, k: certificate.certify_tiles(s, k, n))
+
+
+@functools.cache
+def solver_fn(name, n):
+    solve = {"greedy": greedy.solve, "exact_device": device_exact.solve}[name]
+    return jax.jit(lambda s: solve(s, n))
+
+
+@settings(max_examples=12)
+@given(
+    nm=st.sampled_from(NM),
+    kind=st.sampled_from(DISTRIBUTIONS),
+    solver=st.sampled_from(["greedy", "exact_device", "shifted"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_bound_above_lp_optimum_above_value(nm, kind, solver, seed):
+    n, m = nm
+    s = draw(kind, TILES, m, seed)
+    best = lp_masks(s, n)
+    if solver == "shifted":  # a far-from-optimal valid mask: circulant band
+        band = (np.arange(m)[None, :] - np.arange(m)[:, None]) % m < n
+        keep = np.broadcast_to(band, s.shape)
+    else:
+        keep = np.asarray(solver_fn(solver, n)(jnp.asarray(s)))
+    cert = jax.tree.map(lambda x: np.asarray(x, np.float64), certify_fn(n)(s, keep))
+    value, optimum = retained(s, keep), retained(s, best)
+    assert np.all(cert.bound >= optimum)  # the LP's (integral) optimum
+    assert np.all(optimum >= value * (1 - 1e-12))
+    assert np.all(cert.value <= value)
+    assert np.all(cert.gap >= optimum - value)
+    assert np.all(cert.bound >= cert.value + cert.gap * (1 - 1e-6))
+
+
+@settings(max_examples=8)
+@given(nm=st.sampled_from(NM), seed=st.integers(0, 2**31 - 1))
+def test_gap_is_zero_exactly_at_the_optimum(nm, seed):
+    """Integer scores: float64 totals are exact, so "optimal" is decidable here."""
+    n, m = nm
+    s = draw("integers", TILES, m, seed)
+    keep = np.asarray(greedy.solve(jnp.asarray(s), n, improve_rounds=0))
+    cert = certify_fn(n)(s, keep)
+    optimal = retained(s, keep) == retained(s, lp_masks(s, n))
+    np.testing.assert_array_equal(np.asarray(cert.gap) == 0, optimal)
+
+
+@pytest.mark.parametrize("kind", DISTRIBUTIONS)
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16)])
+def test_exact_device_masks_have_zero_gap(n, m, kind):
+    s = draw(kind, 128, m, 7)
+    keep = solver_fn("exact_device", n)(jnp.asarray(s))
+    assert float(jnp.max(certify_fn(n)(s, keep).gap)) == 0.0
+
+
+def test_invalid_masks_get_an_infinite_gap():
+    s = draw("normal", 4, 4, 0)
+    keep = np.zeros((4, 4, 4), bool)
+    keep[:, :2, :2] = True  # one row kept twice too few
+    cert = certificate.certify_tiles(jnp.asarray(s), jnp.asarray(keep), 2)
+    assert np.all(np.isinf(cert.gap)) and np.all(np.isinf(cert.bound))
+
+
+def test_non_finite_scores_certify_the_ranking_problem():
+    s = draw("normal", 16, 8, 1)
+    s[:, 0, 0] = np.inf
+    s[:, 1, 1] = -1.0  # NaN marker
+    keep = device_exact.solve(jnp.asarray(s), 4)
+    cert = certificate.certify_tiles(jnp.asarray(s), keep, 4)
+    assert float(jnp.max(cert.gap)) == 0.0 and bool(jnp.all(jnp.isfinite(cert.bound)))
+
+
+def test_layer_certificate_under_jit_and_vmap():
+    w = jax.random.normal(jax.random.key(0), (3, 16, 32), jnp.bfloat16)
+    mask = jaxnm.transposable_mask(w, 4, 8, method="greedy")
+    cert = jax.jit(lambda w, k: certificate.certify(w, k, 4, 8))(w, mask)
+    assert cert.gap.shape == (3, 2, 4) and cert.gap.dtype == jnp.float32
+    batched = jax.vmap(lambda w, k: certificate.certify(w, k, 4, 8))(w, mask)
+    for a, b in zip(cert, batched, strict=True):
+        np.testing.assert_array_equal(a, b)
+    fraction = 1 - jnp.sum(cert.gap) / jnp.sum(cert.value)
+    assert 0.99 < float(fraction) <= 1.0
