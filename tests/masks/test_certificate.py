@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 
 import jaxnm
-from jaxnm.masks import certificate, device_exact, greedy
+from jaxnm.masks import certificate, device_exact, fixed, greedy
 
 NM = [(1, 2), (2, 4), (3, 4), (4, 8), (2, 8), (8, 16)]
 DISTRIBUTIONS = ["normal", "cauchy", "log_uniform", "integers", "bf16"]
 #: Tiles per example; the thorough profile (``-m slow``) checks 10,000 per n:m and kind.
-TILES = 10_000 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 96
+TILES = 10_000 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 64
 
 
 def draw(kind, b, m, seed):
@@ -89,8 +89,11 @@ def test_bound_above_lp_optimum_above_value(nm, kind, solver, seed):
         keep = np.asarray(solver_fn(solver, n)(jnp.asarray(s)))
     cert = jax.tree.map(lambda x: np.asarray(x, np.float64), certify_fn(n)(s, keep))
     value, optimum = retained(s, keep), retained(s, best)
-    assert np.all(cert.bound >= optimum)  # the LP's (integral) optimum
-    assert np.all(optimum >= value * (1 - 1e-12))
+    assert np.all(cert.bound >= optimum)  # any valid mask, the LP's vertex included
+    # HiGHS works to ~1e-7 (in units of the tile's largest score): its vertex may miss
+    # the optimum by that much on wide ranges, where the solvers are exact.
+    top = s.reshape(len(s), -1).max(-1).astype(np.float64)
+    assert np.all(optimum >= value - 1e-7 * n * m * top)
     assert np.all(cert.value <= value)
     assert np.all(cert.gap >= optimum - value)
     assert np.all(cert.bound >= cert.value + cert.gap * (1 - 1e-6))
@@ -108,12 +111,19 @@ def test_gap_is_zero_exactly_at_the_optimum(nm, seed):
     np.testing.assert_array_equal(np.asarray(cert.gap) == 0, optimal)
 
 
-@pytest.mark.parametrize("kind", DISTRIBUTIONS)
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16)])
-def test_exact_device_masks_have_zero_gap(n, m, kind):
-    s = draw(kind, 128, m, 7)
+def test_exact_device_masks_have_zero_gap(n, m):
+    s = np.concatenate([draw(kind, 64, m, 7) for kind in DISTRIBUTIONS])
     keep = solver_fn("exact_device", n)(jnp.asarray(s))
-    assert float(jnp.max(certify_fn(n)(s, keep).gap)) == 0.0
+    gap = np.asarray(certify_fn(n)(s, keep).gap, np.float64)
+    top = s.reshape(len(s), -1).max(-1)
+    # Scores below the grid (2**-30 of the tile's largest) are rounded outwards: a tile
+    # holding some may show at most one grid unit per entry; every other tile shows 0.
+    on_grid = np.all((s == 0) | (s >= 2.0**-30 * top[:, None, None]), axis=(-2, -1))
+    unit = 2.0 ** (np.frexp(top)[1] - fixed.frac_bits(m))
+    assert np.all(gap[on_grid] == 0)
+    assert np.all(gap <= m * m * unit)
+    assert np.mean(on_grid) > 0.75  # all but (some) log-uniform tiles
 
 
 def test_invalid_masks_get_an_infinite_gap():
