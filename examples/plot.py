@@ -33,20 +33,10 @@ import jaxnm  # noqa: E402
 from jaxnm import format_path, key_path_names  # noqa: E402
 
 
-def run_label(cfg: training.TrainConfig) -> str:
-    """A short legend label: ``"resnet dense"``, ``"resnet 4:8-T + mvue_1_2 (seed 0)"``."""
-    label = f"{cfg.model} {cfg.sparsity}"
-    if cfg.transposable:
-        label += "-T"
-    if cfg.grad_sparsity != "none":
-        label += f" + {cfg.grad_sparsity}"
-    return f"{label} (seed {cfg.seed})"
-
-
 def layer_masks(run_dir: str | Path) -> tuple[training.TrainConfig, dict[str, tuple]]:
     """``{layer path: (kernel, mask)}`` of a sparse run's latest checkpoint (NumPy arrays)."""
     cfg, model, optimizer, _ = training.load_run(run_dir)
-    masks = jaxnm.masks(optimizer.opt_state)
+    masks = jaxnm.current_masks(optimizer.opt_state)
     flat_masks = {
         format_path(key_path_names(p)): np.asarray(x)
         for p, x in jax.tree_util.tree_flatten_with_path(masks)[0]
@@ -67,7 +57,9 @@ def plot_accuracy(run_dirs: list[Path], path: Path) -> None:
         records = training.read_metrics(run / "metrics.jsonl")
         epochs = [r["epoch"] + 1 for r in records]
         color = f"C{i % 10}"
-        ax.plot(epochs, [r["test_acc"] for r in records], color=color, label=run_label(cfg))
+        ax.plot(
+            epochs, [r["test_acc"] for r in records], color=color, label=training.run_label(cfg)
+        )
         ax.plot(epochs, [r["train_acc"] for r in records], color=color, linestyle="--", alpha=0.6)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (solid: test, dashed: train)")
@@ -146,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         spec = sparse.spec_from_config(config)
         if spec is not None:
             cfg, layers = layer_masks(run)
-            sparse_runs.append((run_label(cfg), layers, spec))
+            sparse_runs.append((training.run_label(cfg), layers, spec))
     if sparse_runs:
         _, layers, spec = sparse_runs[0]
         name = a.layer or max(layers, key=lambda k: layers[k][0].size)

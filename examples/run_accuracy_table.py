@@ -22,9 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from nmexamples.training import TrainConfig, train  # noqa: E402
-
-import jaxnm  # noqa: E402
+from nmexamples.training import (  # noqa: E402
+    RECIPE_FIELDS,
+    TrainConfig,
+    add_recipe_arguments,
+    recipe_kwargs,
+    run_label,
+    train,
+)
 
 CONFIGS = {
     "dense": dict(sparsity="dense"),
@@ -41,27 +46,18 @@ RECIPE = dataclasses.replace(
 )
 
 
+# TrainConfig fields with a flag here: model, epochs, the recipe, and the smoke-test limits.
+RUN_FIELDS = ("model", "epochs", *RECIPE_FIELDS, "train_limit", "test_limit")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=["resnet", "vit"], default="resnet")
-    p.add_argument("--epochs", type=int, default=RECIPE.epochs)
+    add_recipe_arguments(p, RECIPE, RUN_FIELDS[:2])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     p.add_argument("--out", default="runs/accuracy_table")
     # the recipe: the same for every configuration (the mask settings do not affect dense)
-    p.add_argument("--lr", type=float, default=RECIPE.lr)
-    p.add_argument("--weight-decay", type=float, default=RECIPE.weight_decay)
-    p.add_argument("--refresh-every", type=int, default=RECIPE.refresh_every)
-    p.add_argument("--freeze-masks", type=float, default=RECIPE.freeze_masks)
-    p.add_argument("--sparse-start", type=float, default=RECIPE.sparse_start)
-    p.add_argument("--srste", type=float, default=RECIPE.srste)
-    p.add_argument(
-        "--mask-method",
-        choices=sorted(jaxnm.masks.SOLVERS),
-        default=RECIPE.mask_method,
-    )
-    p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--test-limit", type=int, default=None)
+    add_recipe_arguments(p, RECIPE, RUN_FIELDS[2:])
     a = p.parse_args(argv)
     out = Path(a.out)
     results = {}
@@ -69,25 +65,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name in a.configs:
         accs = []
         for seed in a.seeds:
-            run = out / f"{name.replace(' ', '').replace(':', '').replace('+', '_')}_seed{seed}"
-            cfg = TrainConfig(
-                model=a.model,
-                epochs=a.epochs,
+            cfg = dataclasses.replace(
+                RECIPE,
+                **recipe_kwargs(a, RUN_FIELDS),
+                **CONFIGS[name],
                 seed=seed,
-                out=str(run),
                 resume=True,
                 progress=False,
-                train_limit=a.train_limit,
-                test_limit=a.test_limit,
-                lr=a.lr,
-                weight_decay=a.weight_decay,
-                refresh_every=a.refresh_every,
-                freeze_masks=a.freeze_masks,
-                sparse_start=a.sparse_start,
-                srste=a.srste,
-                mask_method=a.mask_method,
-                **CONFIGS[name],
             )
+            cfg = dataclasses.replace(cfg, out=str(out / run_label(cfg)))
             t0 = time.perf_counter()
             history = train(cfg)
             accs.append(history[-1]["test_acc"])
@@ -113,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _recipe(a: argparse.Namespace) -> dict:
-    keys = ("lr", "weight_decay", "refresh_every", "freeze_masks", "sparse_start", "srste")
-    return {k: getattr(a, k) for k in (*keys, "mask_method")}
+    return recipe_kwargs(a, RECIPE_FIELDS)
 
 
 if __name__ == "__main__":

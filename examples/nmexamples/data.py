@@ -123,6 +123,10 @@ def read_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+#: The data sets :func:`load` knows.
+DATASETS = ("digits", "cifar10")
+
+
 def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Loads ``"digits"`` or ``"cifar10"`` (the latter from ``data_dir``)."""
     if name == "digits":

@@ -149,6 +149,10 @@ class ViT(nnx.Module):
         return self.head(self.norm(x).mean(axis=1))
 
 
+#: The models :func:`build` knows.
+MODELS = ("resnet", "vit")
+
+
 def build(name: str, image_shape: tuple[int, int, int], num_classes: int, *, seed: int):
     """Builds ``"resnet"`` or ``"vit"`` for images of ``image_shape`` ``(H, W, C)``.
 

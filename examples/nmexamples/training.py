@@ -13,10 +13,12 @@ state, so a resumed run repeats the uninterrupted one.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -26,7 +28,16 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from nmexamples import checkpoint, data, models, sparse
+import jaxnm
+from nmexamples import checkpoint, data, flags, models, sparse
+
+
+def _flag(default, help: str | None = None, choices=None):
+    """A field with the ``help`` and ``choices`` of its command-line flag (nmexamples.flags)."""
+    metadata = {"help": help} if help else {}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,28 +82,85 @@ class TrainConfig:
       progress: show a tqdm progress bar per epoch.
     """
 
-    model: str = "resnet"
-    sparsity: str = "dense"
-    transposable: bool = True  # as jaxnm.sparsify
-    grad_sparsity: str = "none"
+    model: str = _flag("resnet", choices=models.MODELS)
+    sparsity: str = _flag("dense", choices=sparse.SPARSITIES)
+    transposable: bool = _flag(
+        True, "transposable N:M masks (N:M along both kernel axes; default, as jaxnm.sparsify)"
+    )
+    grad_sparsity: str = _flag(
+        "none", "MVUE pruning of the neural gradients of the sparse layers", sparse.GRAD_SPARSITIES
+    )
     epochs: int = 30
     batch_size: int = 64
-    data: str = "digits"
-    data_dir: str | None = None
-    out: str = "runs/example"
-    resume: bool = False
+    data: str = _flag("digits", choices=data.DATASETS)
+    data_dir: str | None = _flag(None, "directory of the CIFAR-10 pickle batches")
+    out: str = _flag("runs/example", "run directory")
+    resume: bool = _flag(False, "continue from the latest checkpoint")
     seed: int = 0
-    lr: float = 3e-3
+    lr: float = _flag(3e-3, "peak AdamW learning rate")
     weight_decay: float = 5e-4
-    refresh_every: int = 40
-    freeze_masks: float = 0.8
-    sparse_start: float = 0.0
-    srste: float = 0.0
-    mask_method: str = "auto"
-    augment: bool | None = None
-    train_limit: int | None = None
-    test_limit: int | None = None
-    progress: bool = True
+    refresh_every: int = _flag(40, "steps between mask refreshes (sparse runs)")
+    freeze_masks: float = _flag(
+        0.8, "fraction of training after which masks stop changing (1.0: never)"
+    )
+    sparse_start: float = _flag(
+        0.0, "fraction of training run dense before the masks apply (0.0: sparse from step 0)"
+    )
+    srste: float = _flag(
+        0.0, "SR-STE weight: adds SRSTE * (1 - mask) * w to the gradients of sparse kernels"
+    )
+    mask_method: str = _flag(
+        "auto", "transposable mask solver (auto: optimal for 2:4)", sorted(jaxnm.masks.SOLVERS)
+    )
+    augment: bool | None = _flag(None, "random shifts/flips (default: on for the ResNet only)")
+    train_limit: int | None = _flag(None, "use the first N training examples")
+    test_limit: int | None = _flag(None, "use the first N test examples")
+    progress: bool = _flag(True, "show a progress bar per epoch")
+
+
+#: The training recipe: the :class:`TrainConfig` fields that
+#: ``examples/run_accuracy_table.py`` applies to every configuration of its table.
+RECIPE_FIELDS = (
+    "lr",
+    "weight_decay",
+    "refresh_every",
+    "freeze_masks",
+    "sparse_start",
+    "srste",
+    "mask_method",
+)
+
+
+def add_recipe_arguments(
+    parser: argparse.ArgumentParser,
+    defaults: TrainConfig | None = None,
+    fields: Sequence[str] | None = None,
+) -> None:
+    """Adds the flags of :class:`TrainConfig` ``fields`` (default: all) to ``parser``.
+
+    The defaults are ``defaults``' values (default ``TrainConfig()``); see
+    :mod:`nmexamples.flags`. :func:`recipe_kwargs` reads them back.
+    """
+    flags.add_arguments(parser, defaults or TrainConfig(), fields)
+
+
+def recipe_kwargs(
+    args: argparse.Namespace, fields: Sequence[str] | None = None
+) -> dict[str, object]:
+    """``{field: value}`` of the flags :func:`add_recipe_arguments` added for ``fields``."""
+    return flags.config_kwargs(args, TrainConfig(), fields)
+
+
+def run_label(cfg: TrainConfig) -> str:
+    """The run's name: ``"resnet_digits_48t_mvue_1_2_seed0"`` (model, data, sparsity with
+    ``t`` for transposable, gradient pruning, seed); the default run directory of
+    ``examples/train.py`` is ``runs/<label>``."""
+    name = f"{cfg.model}_{cfg.data}_{cfg.sparsity.replace(':', '')}"
+    if cfg.transposable and cfg.sparsity != "dense":
+        name += "t"
+    if cfg.grad_sparsity != "none":
+        name += f"_{cfg.grad_sparsity}"
+    return f"{name}_seed{cfg.seed}"
 
 
 def load_data(cfg: TrainConfig) -> data.Dataset:
@@ -241,7 +309,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out / "config.json", cfg)
+    check_config(out / "config.json", cfg)
     ds = load_data(cfg)
     spe = steps_per_epoch(cfg, len(ds.x_train))
     batch_size = min(cfg.batch_size, len(ds.x_train))
@@ -317,7 +385,7 @@ def load_run(run_dir: str | Path, step: int | None = None):
     Returns:
       ``(cfg, model, optimizer, dataset)``: the config, the model in eval mode (for sparse
       runs its layers apply the optimizer's masks), the ``nnx.Optimizer`` (whose state holds
-      the masks, ``jaxnm.masks(optimizer.opt_state)``) and the data set.
+      the masks, ``jaxnm.current_masks(optimizer.opt_state)``) and the data set.
     """
     run_dir = Path(run_dir)
     cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
@@ -344,7 +412,7 @@ def _write_metrics(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _check_config(path: Path, cfg: TrainConfig) -> None:
+def check_config(path: Path, cfg: TrainConfig) -> None:
     """Writes ``config.json``; on resume, refuses a config that changes the run."""
     current = dataclasses.asdict(cfg)
     if cfg.resume and path.exists():

@@ -4,6 +4,7 @@ mask schedule they give ``jaxnm.sparsify``, and the wiring into the optax chain.
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,7 @@ def test_chain_passes_srste():
     params = {"kernel": w}
     tx = sparse.chain(_spec(), optax.sgd(1.0), refresh_every=1, srste=0.5)
     state = tx.init(params)
-    mask = jaxnm.masks(state)["kernel"]
+    mask = jaxnm.current_masks(state)["kernel"]
     updates, _ = tx.update({"kernel": jnp.zeros_like(w)}, state, params)
     # sgd(1.0) negates the gradient 0.5 * (1 - mask) * w
     np.testing.assert_allclose(updates["kernel"], -0.5 * np.where(mask, 0.0, w), rtol=1e-6)
@@ -112,12 +113,12 @@ def test_chain_passes_start_step_and_method():
     state = tx.init(params)
     masks = []
     for _ in range(3):
-        masks.append(np.asarray(jaxnm.masks(state)["kernel"]))
+        masks.append(np.asarray(jaxnm.current_masks(state)["kernel"]))
         _, state = tx.update({"kernel": jnp.zeros_like(w)}, state, params)
     assert masks[0].all() and masks[1].all() and masks[2].sum() == 32
     exhaustive = sparse.chain(_spec(), optax.sgd(0.0), refresh_every=1, method="exhaustive")
     np.testing.assert_array_equal(
-        jaxnm.masks(exhaustive.init(params))["kernel"],
+        jaxnm.current_masks(exhaustive.init(params))["kernel"],
         jaxnm.transposable_mask(w, 2, 4, method="exhaustive"),
     )
     with pytest.raises(ValueError, match="method"):
@@ -129,10 +130,10 @@ def test_resume_accepts_configs_saved_before_new_settings(tmp_path):
     old = dataclasses.asdict(cfg)
     del old["srste"], old["sparse_start"], old["mask_method"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    training._check_config(tmp_path / "config.json", cfg)  # defaults: accepted
+    training.check_config(tmp_path / "config.json", cfg)  # defaults: accepted
     (tmp_path / "config.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="srste"):
-        training._check_config(tmp_path / "config.json", dataclasses.replace(cfg, srste=1e-3))
+        training.check_config(tmp_path / "config.json", dataclasses.replace(cfg, srste=1e-3))
 
 
 def test_train_run_with_recipe_flags_ends_transposable(tmp_path):
@@ -148,7 +149,48 @@ def test_train_run_with_recipe_flags_ends_transposable(tmp_path):
         "exhaustive",
     )
     _, _, optimizer, _ = training.load_run(tmp_path)
-    masks = [m for m in jax.tree.leaves(jaxnm.masks(optimizer.opt_state)) if m is not None]
+    masks = [m for m in jax.tree.leaves(jaxnm.current_masks(optimizer.opt_state)) if m is not None]
     assert len(masks) == 8
     for mask in masks:
         assert bool(jaxnm.is_transposable_nm(mask, 2, 4))
+
+
+def test_flags_are_derived_from_config_fields():
+    import argparse
+
+    from nmexamples import flags
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        name: str = dataclasses.field(default="a", metadata={"choices": ("a", "b")})
+        steps: int = 3
+        rate: float | None = None
+        fast: bool = True
+        maybe: bool | None = None
+
+    p = argparse.ArgumentParser()
+    flags.add_arguments(p, Config())
+    args = p.parse_args(["--name", "b", "--rate", "0.5", "--no-fast", "--maybe"])
+    assert flags.config_from_args(args, Config()) == Config("b", 3, 0.5, False, True)
+    assert flags.config_from_args(p.parse_args([]), Config(), steps=7) == Config(steps=7)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--name", "c"])
+    with pytest.raises(ValueError, match="not fields of Config"):
+        flags.add_arguments(argparse.ArgumentParser(), Config(), ["nope"])
+    # Every TrainConfig field is a flag of train.py; the run label names the default out.
+    every = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(training.TrainConfig)]
+    help_text = " ".join(_train_parser().format_help().split())
+    assert all(flag in help_text for flag in every)
+    cfg = train_script.parse_args(
+        ["--sparsity", "4:8", "--transposable", "--grad-sparsity", "mvue_1_2", "--seed", "2"]
+    )
+    assert cfg.out == str(Path("runs") / "resnet_digits_48t_mvue_1_2_seed2")
+    assert training.run_label(cfg) == "resnet_digits_48t_mvue_1_2_seed2"
+
+
+def _train_parser():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    training.add_recipe_arguments(p)
+    return p
