@@ -1,8 +1,15 @@
-"""jaxnm: N:M fine-grained structured sparse training for JAX, optax and Flax."""
+"""jaxnm: N:M fine-grained structured sparse training for JAX, optax and Flax.
 
-from jaxnm import convert, kernels, masks, ops
+``import jaxnm`` loads JAX, optax and the core (masks, ops, the optax transform, the
+compressed format and kernels). The Flax integrations ``jaxnm.nnx``, ``jaxnm.linen`` and
+the Flax-based ``jaxnm.convert`` load on first attribute access (PEP 562 module
+``__getattr__``), so ``import jaxnm`` does not import Flax.
+"""
+
+import importlib
+
+from jaxnm import kernels, masks, ops
 from jaxnm._apply_masks import apply_masks
-from jaxnm._masks_module import make_callable as _make_masks_callable
 from jaxnm._params import default_include, format_path, key_path_names
 from jaxnm._sparsify import sparsify
 from jaxnm._state import SparsifyState, current_masks, find_state
@@ -17,33 +24,45 @@ from jaxnm.masks import (
 )
 from jaxnm.ops import MVUE, mvue
 
-# `jaxnm.masks` is both the mask subpackage and `jaxnm.masks(opt_state)`.
-_make_masks_callable(masks)
-
 __version__ = "0.1.0"
+
+_LAZY_SUBPACKAGES = ("convert", "linen", "nnx")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f"jaxnm.{name}")  # also binds jaxnm.<name>
+    raise AttributeError(f"module 'jaxnm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))
+
 
 __all__ = [
     "MVUE",
-    "convert",
     "CompressedNM",
-    "compress",
-    "decompress",
-    "kernels",
     "SparsifyState",
     "apply_masks",
+    "compress",
+    "convert",
+    "count_transposable_tiles",
     "current_masks",
+    "decompress",
     "default_include",
     "find_state",
     "format_path",
-    "key_path_names",
-    "masks",
-    "sparsify",
-    "count_transposable_tiles",
     "is_nm",
     "is_transposable_nm",
+    "kernels",
+    "key_path_names",
+    "linen",
     "mask_diversity",
+    "masks",
     "mvue",
     "nm_mask",
+    "nnx",
     "ops",
+    "sparsify",
     "transposable_mask",
 ]

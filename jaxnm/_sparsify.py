@@ -64,7 +64,7 @@ def sparsify(
     """N:M sparse training as an optax transform; chain it *first*.
 
     ``tx = optax.chain(jaxnm.sparsify(2, 4), optax.adamw(1e-3))``, then use the effective
-    weights ``jaxnm.apply_masks(params, jaxnm.masks(opt_state))`` in the forward pass (or
+    weights ``jaxnm.apply_masks(params, jaxnm.current_masks(opt_state))`` in the forward pass (or
     the :mod:`jaxnm.nnx` / :mod:`jaxnm.linen` layers). See the module docstring for the
     schedule and the chain position.
 
@@ -108,7 +108,7 @@ def sparsify(
       >>> params = {"kernel": jnp.arange(16.0).reshape(4, 4)}
       >>> tx = optax.chain(jaxnm.sparsify(2, 4), optax.sgd(0.1))
       >>> state = tx.init(params)
-      >>> jaxnm.masks(state)["kernel"].sum(axis=0)
+      >>> jaxnm.current_masks(state)["kernel"].sum(axis=0)
       Array([2, 2, 2, 2], dtype=int32)
     """
     n, m = check_nm(n, m)

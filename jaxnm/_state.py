@@ -59,7 +59,7 @@ def find_state(opt_state: Any) -> SparsifyState:
 
 
 def current_masks(opt_state: Any) -> Any:
-    """The current masks held by :func:`sparsify` in an optimizer state (also ``jaxnm.masks``).
+    """The current masks held by :func:`sparsify` in an optimizer state.
 
     Args:
       opt_state: the state of an optimizer that chains :func:`sparsify` (any nesting; see

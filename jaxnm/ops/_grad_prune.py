@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxnm.ops.mvue import MVUE, check_key, estimate
+from jaxnm.ops._mvue import MVUE, check_key, estimate
 
 
 def check_grad_sparsity(grad_sparsity, key=None, *, needs_key: bool = True) -> MVUE | None:

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
-from jaxnm.ops.grad_prune import check_grad_sparsity, prune_tokens
-from jaxnm.ops.mvue import MVUE
-from jaxnm.ops.nm_dot_general import masked_linear, transpose_in_rhs
+from jaxnm.ops._grad_prune import check_grad_sparsity, prune_tokens
+from jaxnm.ops._mvue import MVUE
+from jaxnm.ops._nm_dot_general import masked_linear, transpose_in_rhs
 
 
 class _ConvConfig(NamedTuple):

@@ -5,7 +5,7 @@ Forward ``Y = lhs · (rhs ⊙ mask)``. Backward (``jax.custom_vjp``):
 * input gradient ``dlhs = dY · (rhs ⊙ mask)ᵀ``: with a transposable mask, N:M along ``out``;
 * weight gradient ``drhs = lhsᵀ · prune(dY)``, passed straight through to the dense ``rhs``
   (STE, so masks can change), plus ``srste·(1 − mask) ⊙ rhs`` (SR-STE) when ``srste`` is given;
-  ``prune`` is MVUE along the token axes of ``dY`` (see :mod:`jaxnm.ops.grad_prune`);
+  ``prune`` is MVUE along the token axes of ``dY`` (see :mod:`jaxnm.ops._grad_prune`);
 * no gradient to ``mask`` (zeros; ``float0`` for a bool mask), ``key`` or ``srste``.
 
 The input gradient is ``jax.linear_transpose`` of the forward contraction; the weight
@@ -31,8 +31,8 @@ from jax import lax
 
 from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
 from jaxnm._sharding import explicit_sharding, reshape
-from jaxnm.ops.grad_prune import check_grad_sparsity, prune_tokens
-from jaxnm.ops.mvue import MVUE
+from jaxnm.ops._grad_prune import check_grad_sparsity, prune_tokens
+from jaxnm.ops._mvue import MVUE
 
 
 class _DotConfig(NamedTuple):

@@ -63,7 +63,7 @@ def test_dense_resnet_run(runs):
 def test_sparse_resnet_masks_are_transposable(runs):
     _check_run(runs["sparse"])
     _, model, optimizer, _ = training.load_run(runs["sparse"])
-    masks = jaxnm.masks(optimizer.opt_state)
+    masks = jaxnm.current_masks(optimizer.opt_state)
     flat = {jaxnm.key_path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(masks)[0]}
     # every hidden conv is sparse; the 1-channel stem and the 10-way head stay dense
     assert len(flat) == 8 and all(p[0] == "blocks" and p[-1] == "kernel" for p in flat)

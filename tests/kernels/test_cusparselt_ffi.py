@@ -118,7 +118,7 @@ def train_step_targets(device) -> list[str]:
 
     def step(params, state, x, y):
         def loss_fn(p):
-            masks = jaxnm.masks(state)
+            masks = jaxnm.current_masks(state)
             h = x
             for i, name in enumerate(sorted(p)):
                 key = jax.random.fold_in(jax.random.key(1), i)

@@ -102,7 +102,7 @@ def test_end_to_end_schedule(build, expected):
         prev = masks
         if t in (start, len(history) - 1):
             # Export: dense masked params in the plain Flax model give the same outputs.
-            exported = jaxnm.apply_masks(params, jaxnm.masks(opt_state))
+            exported = jaxnm.apply_masks(params, jaxnm.current_masks(opt_state))
             np.testing.assert_allclose(
                 plain.apply({"params": exported}, x),
                 model.apply({"params": params, jl.MASKS: masks}, x, rngs={"mvue": _key()}),
@@ -117,7 +117,7 @@ def test_gradients_match_straight_through_masking():
     x, y = _task(_mlp)
     params = model.init(jax.random.key(1), x)["params"]
     state = jaxnm.sparsify(N, M).init(params)
-    masks = jaxnm.masks(state)
+    masks = jaxnm.current_masks(state)
 
     def op_loss(p):
         variables = {"params": p, jl.MASKS: jl.mask_collection(state)}

@@ -85,7 +85,7 @@ def test_end_to_end_schedule(net, expected):
         losses.append(float(_train_step(model, optimizer, x, y)))
         masks = {p: layer_op(layer).mask() for p, layer in layers.items()}
         # The layers read the optimizer's masks: one copy.
-        flat = jaxnm.masks(optimizer.opt_state)
+        flat = jaxnm.current_masks(optimizer.opt_state)
         for p, mk in masks.items():
             np.testing.assert_array_equal(mk, _get(flat, p + ("kernel",)))
         dense = jaxnm.nnx.export_dense(model)
@@ -111,7 +111,7 @@ def test_end_to_end_schedule(net, expected):
 def test_gradients_are_straight_through_with_transposed_mask():
     model, optimizer = _setup(MLP, grad_sparsity=None)
     x, y = _task(MLP)
-    masks = jaxnm.masks(optimizer.opt_state)
+    masks = jaxnm.current_masks(optimizer.opt_state)
     params = nnx.state(model, nnx.Param)
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)
     plain_def, _, plain_rest = nnx.split(jaxnm.nnx.export_dense(model), nnx.Param, ...)

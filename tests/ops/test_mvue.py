@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 import jaxnm
 from jaxnm.ops import mvue, mvue_with_mask
-from jaxnm.ops.mvue import approx_2_4_inclusion
+from jaxnm.ops._mvue import approx_2_4_inclusion
 
 SETTINGS = [(1, 2, "exact"), (2, 4, "exact"), (2, 4, "approx")]
 NUM_KEYS = 20000
@@ -184,7 +184,7 @@ def test_bad_inputs():
 
 
 def test_uniforms_are_uniform_and_decorrelated():
-    from jaxnm.ops.mvue import uniforms
+    from jaxnm.ops._mvue import uniforms
 
     def chi2(u, bins=64):
         counts = np.histogram(u, bins=bins, range=(0.0, 1.0))[0]

@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
         @jax.jit
         def step(params, state, x, y):
             def loss_fn(p):
-                p = jaxnm.apply_masks(p, jaxnm.masks(state))
+                p = jaxnm.apply_masks(p, jaxnm.current_masks(state))
                 h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
                 return jnp.mean((h @ p["l2"]["kernel"] - y) ** 2)
 
@@ -56,7 +56,8 @@ SCRIPT = textwrap.dedent(
         ps = jax.device_put(params, shardings)
         p8, s8 = run(ps, jax.device_put(x, NamedSharding(mesh, P("data", None))))
         # Same masks and params as on one device.
-        jax.tree.map(np.testing.assert_array_equal, jaxnm.masks(s1), jaxnm.masks(s8))
+        same = np.testing.assert_array_equal
+        jax.tree.map(same, jaxnm.current_masks(s1), jaxnm.current_masks(s8))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p8)
         # Masks keep the params' sharding: the packed state and the unpacked masks.
         state8 = s8[0]
@@ -65,7 +66,7 @@ SCRIPT = textwrap.dedent(
             packed = state8.masks[name]["kernel"]
             assert packed.sharding.is_equivalent_to(sh, 2), (name, packed.sharding)
             assert p8[name]["kernel"].sharding.is_equivalent_to(sh, 2)
-            unpacked = jaxnm.masks(s8)[name]["kernel"]
+            unpacked = jaxnm.current_masks(s8)[name]["kernel"]
             assert unpacked.sharding.is_equivalent_to(sh, 2), (name, unpacked.sharding)
         # The refresh alone moves no weight between devices: its only collectives are
         # scalar loop predicates, and its outputs keep the params' shardings.
@@ -121,7 +122,7 @@ EXPLICIT_SCRIPT = textwrap.dedent(
         @jax.jit
         def step(params, state, x, y):
             def loss_fn(p):
-                p = jaxnm.apply_masks(p, jaxnm.masks(state))
+                p = jaxnm.apply_masks(p, jaxnm.current_masks(state))
                 h = jnp.tanh(jnp.matmul(x, p["l1"]["kernel"], out_sharding=out1) + p["l1"]["bias"])
                 out = jnp.matmul(h, p["l2"]["kernel"], out_sharding=out2)
                 return jnp.mean((out - y) ** 2)
@@ -138,7 +139,7 @@ EXPLICIT_SCRIPT = textwrap.dedent(
         masks = []
         for _ in range(6):
             params, state = step(params, state, x, y)
-            masks.append(jaxnm.masks(state))
+            masks.append(jaxnm.current_masks(state))
         return params, state, masks
 
     settings = [

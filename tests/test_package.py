@@ -1,0 +1,47 @@
+"""The package surface: what ``import jaxnm`` loads, the lazy Flax subpackages, no shadowing."""
+
+import subprocess
+import sys
+import types
+
+import jaxnm
+
+
+def test_import_jaxnm_loads_no_flax_and_no_optional_dependency():
+    script = (
+        "import sys, jaxnm\n"
+        "heavy = ('flax', 'orbax', 'ortools')\n"
+        "print(sorted({k.split('.')[0] for k in sys.modules if k.split('.')[0] in heavy}))\n"
+        "jaxnm.nnx.sparsify_model, jaxnm.linen.Dense, jaxnm.convert\n"
+        "print('flax' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[:2] == ["[]", "True"], out
+
+
+def test_lazy_subpackages_and_public_names():
+    import jaxnm.linen
+    import jaxnm.nnx
+
+    assert jaxnm.nnx is sys.modules["jaxnm.nnx"] and jaxnm.linen is sys.modules["jaxnm.linen"]
+    assert {"nnx", "linen", "convert"} <= set(dir(jaxnm))
+    try:
+        jaxnm.no_such_name  # noqa: B018
+    except AttributeError as e:
+        assert "no_such_name" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
+    for name in jaxnm.__all__:
+        assert getattr(jaxnm, name) is not None, name
+
+
+def test_no_function_hides_a_module_and_masks_is_not_callable():
+    from jaxnm.ops import _mvue, _nm_conv, _nm_dot_general
+
+    assert isinstance(jaxnm.ops.mvue, types.FunctionType) and jaxnm.ops.mvue is _mvue.mvue
+    assert jaxnm.ops.nm_conv is _nm_conv.nm_conv
+    assert jaxnm.ops.nm_dot_general is _nm_dot_general.nm_dot_general
+    assert isinstance(jaxnm.masks, types.ModuleType) and not callable(jaxnm.masks)
+    assert type(jaxnm.masks) is types.ModuleType
