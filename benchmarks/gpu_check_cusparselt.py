@@ -190,7 +190,7 @@ def mlp_train_step(sizes, backend: str):
     @jax.jit
     def step(params, state, x, y):
         def loss_fn(p):
-            masks = jaxnm.masks(state)
+            masks = jaxnm.current_masks(state)
             h = x
             for i, name in enumerate(sorted(p)):
                 if backend == "cusparselt":
