@@ -35,7 +35,7 @@ import numpy as np
 from jaxnm._checks import check_floating, check_group_axis, check_nm
 from jaxnm.masks.nm import from_groups, to_groups
 
-_RUN = 8  # indices per packed byte (one bit of each per plane)
+RUN = 8  # indices per packed byte (one bit of each per plane); kernels unpack by it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +129,10 @@ def pack_indices(idx: jax.Array, bits: int, axis: int) -> jax.Array:
     """
     x = jnp.moveaxis(jnp.asarray(idx).astype(jnp.uint8), axis, -1)
     length = x.shape[-1]
-    pad = -length % _RUN
+    pad = -length % RUN
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-    x = x.reshape(*x.shape[:-1], (length + pad) // _RUN, _RUN)
-    weights = (jnp.uint8(1) << jnp.arange(_RUN, dtype=jnp.uint8)).astype(jnp.uint8)
+    x = x.reshape(*x.shape[:-1], (length + pad) // RUN, RUN)
+    weights = (jnp.uint8(1) << jnp.arange(RUN, dtype=jnp.uint8)).astype(jnp.uint8)
     planes = [jnp.sum(((x >> p) & 1) * weights, axis=-1, dtype=jnp.uint8) for p in range(bits)]
     planes = jnp.stack(planes) if planes else jnp.zeros((0, *x.shape[:-1]), jnp.uint8)
     return jnp.moveaxis(planes, -1, axis + 1)
@@ -142,8 +142,8 @@ def pack_indices(idx: jax.Array, bits: int, axis: int) -> jax.Array:
 def unpack_indices(planes: jax.Array, length: int, axis: int) -> jax.Array:
     """Inverse of :func:`pack_indices`: ``int32`` indices with ``length`` entries along ``axis``."""
     planes = jnp.expand_dims(planes, axis + 2)  # (bits, ..., Q, 1, ...)
-    shifts = _along(jnp.arange(_RUN, dtype=jnp.uint8), axis + 2, planes.ndim)
-    idx = jnp.zeros(planes.shape[1 : axis + 2] + (_RUN,) + planes.shape[axis + 3 :], jnp.uint8)
+    shifts = _along(jnp.arange(RUN, dtype=jnp.uint8), axis + 2, planes.ndim)
+    idx = jnp.zeros(planes.shape[1 : axis + 2] + (RUN,) + planes.shape[axis + 3 :], jnp.uint8)
     for p in range(planes.shape[0]):
         idx = idx | (((planes[p] >> shifts[0]) & 1) << p)
     idx = _merge(idx, axis)  # (..., Q * 8, ...)
@@ -193,6 +193,8 @@ def _compress_arrays(w, mask, *, n: int, m: int, axis: int):
     vals = jnp.where(
         jnp.take_along_axis(keep, pos, axis=-1), jnp.take_along_axis(wg, pos, axis=-1), 0
     ).astype(wg.dtype)
+    # A group keeping more than n cannot be stored: its values become NaN (visible, not wrong).
+    vals = jnp.where(jnp.sum(keep, axis=-1, keepdims=True) > n, jnp.nan, vals).astype(wg.dtype)
     return from_groups(vals, axis), pack_indices(from_groups(pos, axis), index_bits(m), axis)
 
 
@@ -214,10 +216,12 @@ def compress(w: jax.Array, mask: jax.Array, n: int, m: int, *, axis: int = -2) -
     Raises:
       ValueError: bad ``n``/``m``/``axis``, non-floating ``w``, ``mask`` of another shape, or
         (when ``mask`` is concrete) a group that does not keep exactly ``n`` entries.
-        Under ``jit``/``vmap`` the mask cannot be inspected and is not checked: each group then
-        stores its first ``n`` kept entries in index order; a group keeping fewer stores zeros
-        for the missing ones (so ``decompress`` still gives ``w * mask``), a group keeping more
-        drops the extra ones.
+        Under ``jit``/``vmap`` the mask cannot be inspected eagerly; nothing is silently
+        wrong: a group keeping fewer than ``n`` stores zeros for the missing ones (so
+        ``decompress`` still gives ``w * mask`` exactly), and a group keeping more than ``n``,
+        which no N:M format can hold, stores NaN values (``decompress`` and ``nm_matmul`` show
+        NaN there). To fail instead, check ``jaxnm.is_nm(mask, n, m, axis=axis)`` with
+        ``jax.experimental.checkify.check`` before compressing.
     """
     n, m = check_nm(n, m)
     check_floating(w)

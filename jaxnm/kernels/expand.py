@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-RUN = 8  # compressed rows per packed index byte (see jaxnm.compressed)
+from jaxnm.compressed import RUN  # compressed rows per packed index byte
 
 
 def unpack_tile(planes: Sequence[jax.Array]) -> jax.Array:

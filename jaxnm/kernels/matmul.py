@@ -111,6 +111,18 @@ def _apply(cfg: _Config, x: jax.Array, c: CompressedNM) -> jax.Array:
     return lax.platform_dependent(x, c, default=branches.pop("cpu"), **branches)
 
 
+def _check_transpose_agrees(c: CompressedNM, c_t: CompressedNM) -> None:
+    """Raises ``ValueError`` when concrete ``c`` and ``c_t`` do not hold ``W`` and ``Wᵀ``."""
+    leaves = jax.tree.leaves((c, c_t))
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return  # under jit / vmap / grad: not inspectable
+    if not bool(jnp.array_equal(decompress(c_t), decompress(c).T)):
+        raise ValueError(
+            "`c_t` does not hold the transpose of `c`'s matrix; build it with "
+            "jaxnm.compressed.transpose(c) (and rebuild it whenever c.values change)."
+        )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _nm_matmul(cfg: _Config, x, c, c_t):
     del c_t
@@ -172,8 +184,10 @@ def nm_matmul(
       x: ``(..., K)`` float32 / bfloat16 / float16; leading axes are flattened into tokens
         (any count: kernels pad to their block and slice).
       c: 2-D :class:`~jaxnm.CompressedNM` of ``W (K, N)`` grouped along ``K`` (axis ``-2``).
-      c_t: optional 2-D :class:`~jaxnm.CompressedNM` of ``Wᵀ (N, K)`` grouped along ``N``.
-        It must hold the same matrix (not checked).
+      c_t: optional 2-D :class:`~jaxnm.CompressedNM` of ``Wᵀ (N, K)`` grouped along ``N``,
+        e.g. ``jaxnm.compressed.transpose(c)`` (built inside the same ``jit`` it always
+        agrees). Eagerly it is checked to hold ``Wᵀ`` exactly; under ``jit`` its values
+        cannot be inspected and are trusted.
       backend: ``None``, ``"xla"``, ``"gpu"``, ``"tpu"`` or ``"cusparselt"``.
       interpret: run the Pallas kernel in interpret mode (CPU testing).
       block_sizes: kernel tiles; default per shape (:meth:`BlockSizes.for_shape`).
@@ -182,7 +196,8 @@ def nm_matmul(
       ``(..., N)`` in ``result_type(x, c.dtype)``.
 
     Raises:
-      ValueError / TypeError: mismatched shapes, ``c`` not 2-D or not grouped along ``K``, an
+      ValueError / TypeError: mismatched shapes, ``c`` not 2-D or not grouped along ``K``,
+        (eagerly) a ``c_t`` that is not the transpose of ``c``, an
         explicit kernel backend that does not support the input, tiles that do not fit.
         An explicit kernel lowered for another platform without ``interpret=True`` fails
         when lowered (Pallas' error).
@@ -195,6 +210,7 @@ def nm_matmul(
                 f"`c_t` must be a CompressedNM of Wᵀ, shape {(n_out, k)} grouped along axis 0, "
                 f"got {c_t if not isinstance(c_t, CompressedNM) else (c_t.shape, c_t.axis)}."
             )
+        _check_transpose_agrees(c, c_t)
     lead = jnp.shape(x)[:-1]
     x2 = jnp.reshape(x, (-1, k))
     if backend is not None:

@@ -110,13 +110,18 @@ def test_pytree_jit_and_vmap():
     np.testing.assert_array_equal(jax.vmap(jaxnm.decompress)(cb), w * mask)
 
 
-def test_under_jit_short_groups_store_zeros_and_long_groups_drop_extras():
-    w = jnp.arange(1.0, 9.0).reshape(8, 1)
-    mask = jnp.array([1, 0, 0, 0, 1, 1, 1, 0], bool).reshape(8, 1)
+def test_under_jit_short_groups_store_zeros_and_long_groups_become_nan():
+    w = jnp.arange(1.0, 13.0).reshape(12, 1)
+    mask = jnp.array([1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0], bool).reshape(12, 1)
     c = jax.jit(lambda w, k: jaxnm.compress(w, k, 2, 4, axis=0))(w, mask)
     # Group 0 keeps only w[0]: the second slot holds a zero, so decompress == w * mask.
-    # Group 1 keeps three: the first two (w[4], w[5]) are stored, w[6] is dropped.
-    np.testing.assert_array_equal(jaxnm.decompress(c)[:, 0], [1, 0, 0, 0, 5, 6, 0, 0])
+    # Group 1 keeps three, more than any 2:4 format holds: its values are NaN, not w[4], w[5].
+    # Group 2 is 2:4 and exact.
+    np.testing.assert_array_equal(
+        jaxnm.decompress(c)[:, 0], [1, 0, 0, 0, np.nan, np.nan, 0, 0, 0, 10, 11, 0]
+    )
+    with pytest.raises(ValueError, match="not 2:4 along axis 0"):
+        jaxnm.compress(w, mask, 2, 4, axis=0)  # eager: a clear error
 
 
 def test_transpose_of_transposable_mask():

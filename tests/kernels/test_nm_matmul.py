@@ -233,6 +233,12 @@ def test_nm_matmul_errors():
         nm_matmul(jnp.ones((2, 8)), c3)
     with pytest.raises(ValueError, match="`c_t` must be a CompressedNM"):
         nm_matmul(x, c, c_t=c)
+    w = jax.random.normal(jax.random.key(0), (16, 16))
+    xs, cs = jnp.ones((4, 16)), jaxnm.compress(w, jnp.asarray(np.tile(TILE_2_4, (4, 4))), 2, 4)
+    wrong = dataclasses.replace(cs, values=cs.values * 2)
+    with pytest.raises(ValueError, match="does not hold the transpose"):
+        nm_matmul(xs, cs, c_t=cz.transpose(wrong))
+    nm_matmul(xs, cs, c_t=cz.transpose(cs))  # agrees: accepted
     with pytest.raises(ValueError, match="floating"):
         nm_matmul(x.astype(jnp.int32), c)
 
