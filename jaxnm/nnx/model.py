@@ -20,6 +20,7 @@ from jaxnm._params import format_path, key_path_names
 from jaxnm._state import find_state
 from jaxnm.nnx.ops import NMConv, NMDotGeneral, NMEinsum, NMOp, check_einsum_kernel, einsum_plan
 from jaxnm.ops import MVUE, check_grad_sparsity
+from jaxnm.ops._nm_dot_general import OP_BACKENDS, OpBackend
 
 ModelT = TypeVar("ModelT", bound=nnx.Module)
 
@@ -37,6 +38,7 @@ def sparsify_model(
     *,
     grad_sparsity: MVUE | None = None,
     rngs: nnx.Rngs | None = None,
+    backend: OpBackend = "xla",
 ) -> ModelT:
     """Routes every sparsified kernel of ``model`` through the N:M training ops, in place.
 
@@ -57,6 +59,10 @@ def sparsify_model(
       grad_sparsity: ``None`` or a :class:`jaxnm.MVUE`, e.g. ``MVUE(2, 4)``.
       rngs: ``nnx.Rngs`` for the MVUE keys (one key per layer call from its default
         stream; shared by all layers); required with ``grad_sparsity``.
+      backend: ``"xla"``, or ``"cusparselt"`` (EXPERIMENTAL, unverified on hardware: the
+        three GEMMs of every ``nnx.Linear`` on NVIDIA's 2:4 sparse tensor cores, see
+        :func:`jaxnm.ops.nm_dot_general`; needs ``sparsify(2, 4, transposable=True)``;
+        Conv and Einsum kernels are rejected).
 
     Returns:
       ``model`` (modified in place).
@@ -68,6 +74,8 @@ def sparsify_model(
         axes are not (contracted, output).
     """
     check_grad_sparsity(grad_sparsity, needs_key=False)
+    if backend not in OP_BACKENDS:
+        raise ValueError(f"`backend` (={backend!r}) must be one of {OP_BACKENDS}.")
     if grad_sparsity is not None and rngs is None:
         raise ValueError(f"`grad_sparsity` (={grad_sparsity!r}) needs `rngs` (an nnx.Rngs).")
     state = find_state(optimizer.opt_state)
@@ -84,12 +92,25 @@ def sparsify_model(
                 "jaxnm.sparsify, or mask it yourself with jaxnm.apply_masks."
             )
         name, op_cls = found
+        if backend != "xla" and op_cls is not NMDotGeneral:
+            raise ValueError(
+                f"backend={backend!r} runs nnx.Linear kernels only; `{format_path(path)}` is "
+                f"the kernel of a {type(layer).__name__}. Exclude it with `include=` in "
+                "jaxnm.sparsify, or use backend='xla'."
+            )
         if isinstance(layer, nnx.Einsum) and layer.einsum_str is not None:
             spec = layer.einsum_str
             check_einsum_kernel(spec, einsum_plan(spec, _lhs_rank(spec), len(layer.kernel_shape)))
         current = getattr(layer, name)
         original = current.original if isinstance(current, NMOp) else current
-        op = op_cls(bits, state.m, grad_sparsity=grad_sparsity, rngs=rngs, original=original)
+        op = op_cls(
+            bits,
+            state.m,
+            grad_sparsity=grad_sparsity,
+            rngs=rngs,
+            original=original,
+            backend=backend,
+        )
         setattr(layer, name, nnx.data(op))
     return model
 

@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxnm.mask_packing import unpack
 from jaxnm.ops import MVUE, nm_conv, nm_dot_general
+from jaxnm.ops._nm_dot_general import OpBackend
 
 
 class NMOp(nnx.Module):
@@ -35,6 +36,8 @@ class NMOp(nnx.Module):
         ``grad_sparsity`` is None).
       original: the op the layer had before (static), restored by
         :func:`jaxnm.nnx.export_dense`.
+      backend: the GEMM backend of :func:`jaxnm.ops.nm_dot_general` (static; ``"xla"``, or
+        the experimental ``"cusparselt"`` for Linear kernels).
     """
 
     def __init__(
@@ -45,8 +48,10 @@ class NMOp(nnx.Module):
         grad_sparsity: MVUE | None,
         rngs: nnx.Rngs | None,
         original: Callable[..., Any],
+        backend: OpBackend = "xla",
     ):
         self.bits = bits
+        self.backend = backend
         self.m = m
         self.grad_sparsity = grad_sparsity
         self.rngs = rngs
@@ -82,6 +87,7 @@ class NMDotGeneral(NMOp):
             precision=precision,
             preferred_element_type=preferred_element_type,
             out_sharding=out_sharding,
+            backend=self.backend,
         )
 
 
@@ -120,6 +126,7 @@ class NMEinsum(NMOp):
             precision=precision,
             preferred_element_type=preferred_element_type,
             out_sharding=out_sharding,
+            backend=self.backend,
         )
         return jnp.transpose(y, plan.out_perm)
 

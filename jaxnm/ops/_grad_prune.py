@@ -12,6 +12,8 @@ estimate stays unbiased for any ``T``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -63,3 +65,14 @@ def prune_tokens(g: jax.Array, spec: MVUE, key: jax.Array) -> jax.Array:
         return estimate(g, spec, key, 1)[0]
     head = estimate(g[:, :full], spec, key, 1)[0]
     return jnp.concatenate([head, g[:, full:]], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenPruner:
+    """``prune(g, key)``: MVUE of a 2-D ``g (T, F)`` along its tokens (axis 0), as the
+    hashable callable :func:`jaxnm.kernels.cusparselt.cusparselt_linear` takes."""
+
+    spec: MVUE
+
+    def __call__(self, g: jax.Array, key: jax.Array) -> jax.Array:
+        return prune_tokens(g[None], self.spec, key)[0]

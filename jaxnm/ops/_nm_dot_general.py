@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +31,12 @@ from jax import lax
 
 from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
 from jaxnm._sharding import explicit_sharding, reshape
-from jaxnm.ops._grad_prune import check_grad_sparsity, prune_tokens
+from jaxnm.kernels.cusparselt.dot_general import cusparselt_dot_general
+from jaxnm.ops._grad_prune import TokenPruner, check_grad_sparsity, prune_tokens
 from jaxnm.ops._mvue import MVUE
+
+OpBackend = Literal["xla", "cusparselt"]
+OP_BACKENDS = ("xla", "cusparselt")
 
 
 class _DotConfig(NamedTuple):
@@ -130,6 +134,8 @@ def nm_dot_general(
     precision=None,
     preferred_element_type=None,
     out_sharding=None,
+    backend: OpBackend = "xla",
+    interpret: bool = False,
 ) -> jax.Array:
     """``lax.dot_general(lhs, rhs ⊙ mask)`` with the N:M training backward pass.
 
@@ -154,6 +160,11 @@ def nm_dot_general(
       preferred_element_type: accumulation/output dtype of the GEMMs (e.g. ``jnp.float32``
         with bfloat16 operands). Gradients are returned in the operands' dtypes.
       out_sharding: passed to ``lax.dot_general`` (Flax NNX passes it, usually ``None``).
+      backend: ``"xla"`` (dense XLA GEMMs on masked operands) or ``"cusparselt"``
+        (EXPERIMENTAL, unverified on hardware: all three GEMMs on NVIDIA's 2:4 sparse tensor
+        cores, see :func:`jaxnm.kernels.cusparselt.cusparselt_linear`; Dense form only,
+        bfloat16/float16, a transposable 2:4 mask, ``precision`` ignored).
+      interpret: with ``backend="cusparselt"``, run the pure-JAX emulation of its calls.
 
     Returns:
       ``lax.dot_general(lhs, rhs ⊙ mask, dimension_numbers, ...)``: batch axes, then lhs free
@@ -180,6 +191,21 @@ def nm_dot_general(
     mask = jnp.asarray(mask)
     spec = check_grad_sparsity(grad_sparsity, key)
     use_srste = check_nonnegative_scalar(srste, "srste")
+    if backend not in OP_BACKENDS:
+        raise ValueError(f"`backend` (={backend!r}) must be one of {OP_BACKENDS}.")
+    if backend == "cusparselt":
+        return cusparselt_dot_general(
+            lhs,
+            rhs,
+            mask,
+            _normalize_dimension_numbers(dimension_numbers),
+            prune=None if spec is None else TokenPruner(spec),
+            key=key if spec is not None else None,
+            srste=srste,
+            preferred_element_type=preferred_element_type,
+            out_sharding=out_sharding,
+            interpret=interpret,
+        )
     cfg = _DotConfig(
         dimension_numbers=_normalize_dimension_numbers(dimension_numbers),
         precision=tuple(precision) if isinstance(precision, list) else precision,
@@ -208,6 +234,8 @@ def nm_linear(
     srste: float | jax.Array = 0.0,
     precision=None,
     preferred_element_type=None,
+    backend: OpBackend = "xla",
+    interpret: bool = False,
 ) -> jax.Array:
     """``x @ (w ⊙ mask)`` with the N:M backward pass of :func:`nm_dot_general`.
 
@@ -217,7 +245,7 @@ def nm_linear(
       w: ``(in, out)`` floating kernel (Flax Dense layout).
       mask: ``(in, out)`` bool or numeric mask, N:M along ``in`` (axis ``-2``) or
         transposable.
-      grad_sparsity, key, srste, precision, preferred_element_type: see
+      grad_sparsity, key, srste, precision, preferred_element_type, backend, interpret: see
         :func:`nm_dot_general`.
 
     Returns:
@@ -241,6 +269,8 @@ def nm_linear(
         srste=srste,
         precision=precision,
         preferred_element_type=preferred_element_type,
+        backend=backend,
+        interpret=interpret,
     )
 
 
@@ -250,6 +280,8 @@ def nm_dot_general_fn(
     grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
     srste: float | jax.Array = 0.0,
+    backend: OpBackend = "xla",
+    interpret: bool = False,
 ) -> Callable[..., jax.Array]:
     """Closes :func:`nm_dot_general` over a mask and key, for Flax ``dot_general=`` seams.
 
@@ -261,7 +293,7 @@ def nm_dot_general_fn(
 
     Args:
       mask: mask of the kernel's shape.
-      grad_sparsity, key, srste: see :func:`nm_dot_general`.
+      grad_sparsity, key, srste, backend, interpret: see :func:`nm_dot_general`.
 
     Returns:
       ``fn(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
@@ -283,6 +315,8 @@ def nm_dot_general_fn(
             precision=precision,
             preferred_element_type=preferred_element_type,
             out_sharding=out_sharding,
+            backend=backend,
+            interpret=interpret,
         )
 
     return dot_general

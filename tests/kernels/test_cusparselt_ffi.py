@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from flax import nnx
 
 import jaxnm
+import jaxnm.nnx
 from jaxnm.kernels import cusparselt
 from jaxnm.kernels.cusparselt import library
 from jaxnm.kernels.targets import compile_for_gpu
@@ -104,56 +106,21 @@ def test_backward_compiles_for_gpu(extension, gpu_target):
     assert not any("gemm" in t.lower() or "cublas" in t.lower() for t in targets), targets
 
 
-def train_step_targets(device) -> list[str]:
-    """A jitted sparse train step (sparsify with transposable 2:4 masks and greedy refresh
-    inside the step, MVUE 2:4 weight gradients) with every layer on cuSPARSELt."""
-    sizes = (128, 256, 128)
-    keys = jax.random.split(jax.random.key(0), len(sizes))
-    params = {
-        f"l{i}": {"kernel": jax.random.normal(k, (a, b)).astype(jnp.bfloat16)}
-        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=False))
-    }
-    tx = optax.chain(jaxnm.sparsify(2, 4, transposable=True, refresh_every=2), optax.sgd(0.1))
-    state = jax.eval_shape(tx.init, params)
-
-    def step(params, state, x, y):
-        def loss_fn(p):
-            masks = jaxnm.current_masks(state)
-            h = x
-            for i, name in enumerate(sorted(p)):
-                key = jax.random.fold_in(jax.random.key(1), i)
-                h = cusparselt.cusparselt_linear(
-                    h, p[name]["kernel"], masks[name]["kernel"], prune=mvue_2_4, key=key
-                )
-                h = jax.nn.relu(h)
-            return jnp.mean((h.astype(jnp.float32) - y) ** 2)
-
-        grads = jax.grad(loss_fn)(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    x = jax.ShapeDtypeStruct((128, 128), jnp.bfloat16)
-    y = jax.ShapeDtypeStruct((128, 128), jnp.float32)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (params, state))
-    flat, tree = jax.tree.flatten((*abstract, x, y))
-
-    def flat_step(*leaves):
-        return step(*jax.tree.unflatten(tree, leaves))
-
-    return custom_calls(flat_step, device, *flat)
-
-
 def check_train_step(targets: list[str], layers: int = 2) -> None:
     # Three sparse GEMMs per layer, less the first layer's unused input gradient.
     gemms = 3 * layers - 1
     assert targets.count(COMPRESS) == gemms and targets.count(MATMUL) == gemms, targets
 
 
-@pytest.mark.parametrize(
-    "gpu_target", ["h100", pytest.param("h200", marks=pytest.mark.slow)], indirect=True
-)
-def test_train_step_compiles_for_gpu(extension, gpu_target):
-    check_train_step(train_step_targets(gpu_target))
+@pytest.mark.slow
+def test_device_check_train_step_compiles_for_gpu(extension, gpu_target):
+    """The device check's MLP train step (sparsify, transposable 2:4, greedy refresh in the
+    step, MVUE 2:4; layers called through cusparselt_linear) compiles deviceless."""
+    section = _device_check_section()
+    step, params, state = section.mlp_train_step((128, 256, 128), "cusparselt")
+    x = jax.ShapeDtypeStruct((128, 128), jnp.bfloat16)
+    y = jax.ShapeDtypeStruct((128, 128), jnp.float32)
+    check_train_step(custom_calls(step, gpu_target, params, state, x, y))
 
 
 def test_unregistered_target_fails_to_compile(gpu_target):
@@ -197,3 +164,42 @@ def test_device_check_section_compiles_for_gpu(extension, gpu_target):
     assert targets.count(COMPRESS) == 3 and targets.count(MATMUL) == 3, targets
     dense = custom_calls(lambda x, w, c: layer(x, w, c, "dense"), gpu_target, x, w, cot)
     assert COMPRESS not in dense and MATMUL not in dense
+
+
+@pytest.mark.parametrize(
+    "gpu_target", ["h100", pytest.param("h200", marks=pytest.mark.slow)], indirect=True
+)
+def test_sparsify_model_train_step_compiles_for_gpu(extension, gpu_target):
+    """``jaxnm.nnx.sparsify_model(..., backend="cusparselt")``: an NNX MLP's jitted train step
+    (transposable 2:4 masks with greedy refresh, MVUE 2:4) has the three sparse GEMMs of every
+    layer on cuSPARSELt (less the first layer's unused input gradient)."""
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(128, 256, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=rngs)
+            self.l2 = nnx.Linear(256, 128, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.l1(x)))
+
+    model = MLP(nnx.Rngs(0))
+    tx = optax.chain(jaxnm.sparsify(2, 4, transposable=True, refresh_every=2), optax.sgd(0.1))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    jaxnm.nnx.sparsify_model(
+        model, optimizer, grad_sparsity=jaxnm.MVUE(2, 4), rngs=nnx.Rngs(1), backend="cusparselt"
+    )
+    graphdef, state = nnx.split((model, optimizer))
+
+    def step(state, x, y):
+        model, optimizer = nnx.merge(graphdef, state)
+
+        def loss_fn(model):
+            return jnp.mean((model(x).astype(jnp.float32) - y) ** 2)
+
+        grads = nnx.grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer))
+
+    x = jax.ShapeDtypeStruct((128, 128), jnp.bfloat16)
+    y = jax.ShapeDtypeStruct((128, 128), jnp.float32)
+    check_train_step(custom_calls(step, gpu_target, state, x, y))

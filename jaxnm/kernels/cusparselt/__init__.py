@@ -6,6 +6,7 @@ See ``docs/cusparselt.md``.
 """
 
 from jaxnm.kernels.cusparselt.build import BuildError, build
+from jaxnm.kernels.cusparselt.dot_general import cusparselt_dot_general
 from jaxnm.kernels.cusparselt.layout import compressed_nbytes, emulate_matmul
 from jaxnm.kernels.cusparselt.library import (
     CusparseLtUnavailableError,
@@ -44,6 +45,7 @@ __all__ = [
     "compress",
     "compress_weight",
     "compressed_nbytes",
+    "cusparselt_dot_general",
     "cusparselt_linear",
     "cusparselt_support",
     "emulate_matmul",
