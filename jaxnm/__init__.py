@@ -24,7 +24,7 @@ from jaxnm.masks import (
 )
 from jaxnm.ops import MVUE, mvue
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY_SUBPACKAGES = ("convert", "linen", "nnx")
 

@@ -21,6 +21,32 @@ def test_import_jaxnm_loads_no_flax_and_no_optional_dependency():
     assert out[:2] == ["[]", "True"], out
 
 
+def test_core_install_imports_and_trains_without_optional_dependencies():
+    """``pip install jaxnm`` alone: no OR-Tools ([exact]) and no orbax ([examples])."""
+    script = """
+import sys
+sys.modules.update({"ortools": None, "orbax": None})  # as if not installed
+import jax, jax.numpy as jnp, optax, jaxnm
+assert jaxnm.__version__ == "0.2.0"
+params = {"kernel": jax.random.normal(jax.random.key(0), (8, 8))}
+tx = optax.chain(jaxnm.sparsify(2, 4, refresh_every=1), optax.sgd(0.1))
+state = tx.init(params)
+loss = lambda p, s: jnp.sum(jaxnm.apply_masks(p, jaxnm.current_masks(s))["kernel"] ** 2)
+for _ in range(2):
+    updates, state = tx.update(jax.grad(loss)(params, state), state, params)
+    params = optax.apply_updates(params, updates)
+assert bool(jaxnm.is_transposable_nm(jaxnm.current_masks(state)["kernel"], 2, 4))
+try:
+    jaxnm.transposable_mask(jnp.ones((4, 4)), 2, 4, method="exact")
+except ImportError as e:
+    print(e)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert "needs OR-Tools" in out and "pip install jaxnm[exact]" in out, out
+
+
 def test_lazy_subpackages_and_public_names():
     import jaxnm.linen
     import jaxnm.nnx

@@ -144,7 +144,7 @@ def _min_cost_flow():
         from ortools.graph.python import min_cost_flow
     except ImportError as err:
         raise ImportError(
-            "method='exact' needs OR-Tools for min-cost flow: `pip install ortools` "
+            "method='exact' needs OR-Tools for min-cost flow: `pip install jaxnm[exact]` "
             "(or use method='greedy' / 'exhaustive')."
         ) from err
     return min_cost_flow
