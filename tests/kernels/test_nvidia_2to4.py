@@ -11,6 +11,10 @@ import jaxnm
 from jaxnm import nvidia_2to4 as nv
 
 
+def normal(seed, shape, dtype):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
 def cutlass_offsets(rows: int, words: int) -> np.ndarray:
     """Independent transcription of the published CUTLASS rule (PyTorch's
     ``_semi_structured_conversions.py`` comment, from CUTLASS ``reorder_meta`` and
@@ -60,8 +64,7 @@ def test_cutlass_moves_most_words_of_a_64x128_operand():
 
 
 def test_cutlass_batched_and_jitted():
-    logical = jax.random.randint(jax.random.key(0), (3, 64, 4), 0, 2**16, jnp.int32)
-    logical = logical.astype(jnp.uint16)
+    logical = jnp.asarray(np.random.default_rng(0).integers(0, 2**16, (3, 64, 4)), jnp.uint16)
     got = jax.jit(nv.logical_to_cutlass)(logical)
     for i in range(3):
         np.testing.assert_array_equal(got[i], nv.logical_to_cutlass(logical[i]))
@@ -71,7 +74,7 @@ def test_cutlass_batched_and_jitted():
 @pytest.mark.parametrize("layout", ["logical", "cutlass"])
 @pytest.mark.parametrize("axis", [-2, -1, 0])
 def test_round_trip(axis, layout):
-    w = jax.random.normal(jax.random.key(3), (32, 64, 32), jnp.bfloat16)
+    w = normal(3, (32, 64, 32), jnp.bfloat16)
     mask = jaxnm.nm_mask(w, 2, 4, axis=axis)
     c = jaxnm.compress(w, mask, 2, 4, axis=axis)
     values, meta = nv.to_nvidia_2to4(c, layout=layout)
@@ -82,7 +85,7 @@ def test_round_trip(axis, layout):
 
 
 def test_cutlass_is_the_logical_words_reordered():
-    w = jax.random.normal(jax.random.key(4), (128, 64), jnp.float16)
+    w = normal(4, (128, 64), jnp.float16)
     c = jaxnm.compress(w, jaxnm.nm_mask(w, 2, 4), 2, 4)
     _, logical = nv.to_nvidia_2to4(c, layout="logical")
     _, cutlass = nv.to_nvidia_2to4(c, layout="cutlass")
@@ -98,7 +101,7 @@ def test_cutlass_is_the_logical_words_reordered():
 
 
 def test_errors():
-    w = jax.random.normal(jax.random.key(4), (16, 8))
+    w = normal(4, (16, 8), jnp.float32)
     c = jaxnm.compress(w, jaxnm.nm_mask(w, 2, 4), 2, 4)
     with pytest.raises(TypeError, match="layout"):
         nv.to_nvidia_2to4(c)  # the layout is required
@@ -128,7 +131,7 @@ def test_cutlass_matches_pytorch():
 
     from_dense = conv.sparse_semi_structured_from_dense_cutlass
     to_dense = conv.sparse_semi_structured_to_dense_cutlass
-    w = jax.random.normal(jax.random.key(5), (128, 64), jnp.float16)  # (K, N): A = Wᵀ
+    w = normal(5, (128, 64), jnp.float16)  # (K, N): A = Wᵀ
     c = jaxnm.compress(w, jaxnm.nm_mask(w, 2, 4), 2, 4)
     values, meta = nv.to_nvidia_2to4(c, layout="cutlass")
     dense_t = torch.from_numpy(np.asarray(jaxnm.decompress(c)).T.copy())
