@@ -4,7 +4,9 @@ For each layer size and n:m, every method registered in ``jaxnm.masks.transposab
 (``exhaustive`` only where its pattern count is allowed) is timed as a jitted
 ``transposable_mask`` call: compile time apart, then the median of ``--repeats`` runs after
 a warm-up. Quality is the retained ``|w|`` as a fraction of the exact optimum (from the
-``exact`` method). Baselines run in the same process:
+``exact`` method); "certified ≥" is the fraction of the optimum each mask is *proven* to
+reach by :func:`jaxnm.masks.certify` (LP-dual bound, no exact solve; 1 means gap 0).
+``--dists cauchy`` adds heavy-tailed (Cauchy) weights. Baselines run in the same process:
 
 * ``networkx (per tile)``: what the reference code did, one ``networkx`` min-cost flow per
   tile (integer-scaled costs here, since float costs hang). Only ``--nx-tiles`` tiles are
@@ -18,11 +20,13 @@ Usage::
     python benchmarks/solvers.py                          # 1024^2 and 4096^2, 2:4 4:8 8:16
     python benchmarks/solvers.py --sizes 1024 --nm 4:8    # quick
     python benchmarks/solvers.py --methods greedy exact --repeats 5
+    python benchmarks/solvers.py --dists normal cauchy --sizes 1024
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -32,7 +36,7 @@ import networkx as nx
 import numpy as np
 
 import jaxnm
-from jaxnm.masks import SOLVERS, exact, exhaustive, greedy
+from jaxnm.masks import SOLVERS, certify, exact, exhaustive, greedy
 from jaxnm.masks.scores import importance
 from jaxnm.masks.tiles import from_tiles, to_tiles
 
@@ -79,9 +83,24 @@ def _networkx_baseline(scores: np.ndarray, n: int, sample: int, rng):
     return per_tile, idx, masks
 
 
-def run(size: int, n: int, m: int, methods, repeats: int, nx_tiles: int, slow_s: float):
+def certified(w, mask, n: int, m: int) -> float:
+    """The mask's proven fraction of the optimum, ``1 - sum(gap) / sum(value)`` from
+    :func:`jaxnm.masks.certify` (an LP-dual bound; no exact solve)."""
+    cert = jax.jit(lambda w, k: certify(w, k, n, m))(w, mask)
+    gap, value = float(jnp.sum(cert.gap)), float(jnp.sum(cert.value))
+    return 1.0 - gap / value
+
+
+def weights(size: int, dist: str) -> jax.Array:
+    key = jax.random.key(0)
+    if dist == "cauchy":  # heavy-tailed
+        return jax.random.cauchy(key, (size, size), jnp.float32)
+    return jax.random.normal(key, (size, size), jnp.float32)
+
+
+def run(size, n, m, methods, repeats, nx_tiles, slow_s, dist="normal"):
     """Benchmarks one layer; returns table rows."""
-    w = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    w = weights(size, dist)
     absw = np.abs(np.asarray(w, np.float64))
     tiles = np.asarray(to_tiles(importance(w), m)).reshape(-1, m, m)
     rows = []
@@ -101,7 +120,7 @@ def run(size: int, n: int, m: int, methods, repeats: int, nx_tiles: int, slow_s:
 
         compile_s, run_s, mask = _time(fn, w, repeats, slow_s)
         assert bool(jaxnm.is_transposable_nm(mask, n, m)), method
-        results[method] = (compile_s, run_s, retained(mask))
+        results[method] = (compile_s, run_s, retained(mask), certified(w, mask, n, m))
     optimum = results["exact"][2]
 
     # Baseline: plain greedy (no repair).
@@ -120,12 +139,14 @@ def run(size: int, n: int, m: int, methods, repeats: int, nx_tiles: int, slow_s:
     sample = tiles[idx].astype(np.float64)
     nx_quality = np.sum(sample * nx_masks) / np.sum(sample * exact.solve_host(tiles[idx], n))
 
-    label = f"{size}²"
+    label = f"{size}² {dist}"
     for method in methods:
         if method not in results:
             continue
-        compile_s, run_s, kept = results[method]
-        rows.append((label, f"{n}:{m}", method, compile_s, run_s, nx_s / run_s, kept / optimum, ""))
+        compile_s, run_s, kept, cert = results[method]
+        rows.append(
+            (label, f"{n}:{m}", method, compile_s, run_s, nx_s / run_s, kept / optimum, cert, "")
+        )
     rows.append(
         (
             label,
@@ -135,6 +156,7 @@ def run(size: int, n: int, m: int, methods, repeats: int, nx_tiles: int, slow_s:
             plain_s,
             nx_s / plain_s,
             retained(plain_mask) / optimum,
+            float("nan"),
             f"{short:.0%} of tiles short (invalid)",
         )
     )
@@ -147,6 +169,7 @@ def run(size: int, n: int, m: int, methods, repeats: int, nx_tiles: int, slow_s:
             nx_s,
             1.0,
             nx_quality,
+            float("nan"),
             f"* {len(idx)} tiles timed, × {len(tiles)} extrapolated",
         )
     )
@@ -158,6 +181,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--nm", nargs="+", default=["2:4", "4:8", "8:16"])
     parser.add_argument("--methods", nargs="+", default=BUILT_IN)
+    parser.add_argument("--dists", nargs="+", choices=["normal", "cauchy"], default=["normal"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nx-tiles", type=int, default=100)
     parser.add_argument(
@@ -172,21 +196,21 @@ def main(argv=None) -> None:
     print()
     print(
         "| layer | n:m | method | compile s | run s (median) | × vs networkx | "
-        "retained / optimum | note |"
+        "retained / optimum | certified ≥ | note |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---|")
-    for size in args.sizes:
-        for nm in args.nm:
-            n, m = (int(v) for v in nm.split(":"))
-            for row in run(size, n, m, args.methods, args.repeats, args.nx_tiles, args.slow_s):
-                label, pat, method, compile_s, run_s, speedup, quality, note = row
-                comp = "–" if np.isnan(compile_s) else f"{compile_s:.2f}"
-                star = "*" if "networkx" in method else ""
-                print(
-                    f"| {label} | {pat} | {method} | {comp} | {run_s:.3g}{star} | "
-                    f"{speedup:.3g} | {quality:.5f} | {note} |",
-                    flush=True,
-                )
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for dist, size, nm in itertools.product(args.dists, args.sizes, args.nm):
+        n, m = (int(v) for v in nm.split(":"))
+        rows = run(size, n, m, args.methods, args.repeats, args.nx_tiles, args.slow_s, dist)
+        for label, pat, method, compile_s, run_s, speedup, quality, cert, note in rows:
+            comp = "–" if np.isnan(compile_s) else f"{compile_s:.2f}"
+            star = "*" if "networkx" in method else ""
+            proven = "–" if np.isnan(cert) else f"{cert:.6f}"
+            print(
+                f"| {label} | {pat} | {method} | {comp} | {run_s:.3g}{star} | "
+                f"{speedup:.3g} | {quality:.5f} | {proven} | {note} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def certify(w: jax.Array, mask: jax.Array, n: int, m: int) -> Certificate:
       >>> import jax, jaxnm
       >>> w = jax.random.normal(jax.random.key(0), (16, 16))
       >>> mask = jaxnm.transposable_mask(w, 4, 8, method="exact_device")
-      >>> float(certify(w, mask, 4, 8).gap.max())
+      >>> float(jaxnm.masks.certify(w, mask, 4, 8).gap.max())
       0.0
     """
     n, m = check_nm(n, m)
