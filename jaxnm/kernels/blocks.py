@@ -41,6 +41,14 @@ class BlockSizes:
           * ``num_warps`` 8 for 128x128 output tiles, else 4; ``num_stages`` 3 for ``T > 64``,
             else 2.
 
+        Mosaic GPU (Hopper ``wgmma``: one warpgroup owns 64 output rows; power-of-two tiles
+        >= 16 so that every shared-memory operand row spans >= 32 swizzled bytes):
+          * ``block_t`` 64 for ``T <= 64``, else 128;
+          * ``block_n`` 32 for ``T <= 64`` (weight-bound: 128 CTAs for N = 4096), else 128;
+            halved until it divides ``N``;
+          * ``block_k`` 64 (128 bytes of 16-bit ``x`` per row: the widest swizzle), halved
+            or doubled as for the GPU rule; ``num_stages`` (TMA steps in flight) 4.
+
         TPU (Mosaic; block dims multiples of the (8, 128) vreg tiling or the full dim):
           * ``block_t = min(256, round_up(T, 16))``;
           * ``block_n``: 256, else 128, dividing ``N``; else ``N``;
@@ -52,7 +60,11 @@ class BlockSizes:
             return _gpu_rule(tokens, k, n_out, n, m)
         if backend == "tpu":
             return _tpu_rule(tokens, k, n_out, n, m)
-        raise ValueError(f"`backend` (={backend!r}) must be 'gpu' or 'tpu' for block sizes.")
+        if backend == "mosaic_gpu":
+            return _mosaic_gpu_rule(tokens, k, n_out, n, m)
+        raise ValueError(
+            f"`backend` (={backend!r}) must be 'gpu', 'mosaic_gpu' or 'tpu' for block sizes."
+        )
 
 
 def _next_pow2(x: int) -> int:
@@ -76,6 +88,17 @@ def _gpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
         num_warps=8 if big else 4,
         num_stages=3 if tokens > 64 else 2,
     )
+
+
+def _mosaic_gpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
+    block_t = 64 if tokens <= 64 else 128
+    block_n = 32 if tokens <= 64 else 128
+    while block_n > _GPU_MIN and n_out % block_n:
+        block_n //= 2
+    down = [64 >> i for i in range(3)]
+    up = [64 << i for i in range(1, 8)]
+    block_k = next((b for b in down + up if _gpu_k_ok(b, k, n, m)), 64)
+    return BlockSizes(block_t=block_t, block_k=block_k, block_n=block_n, num_stages=4)
 
 
 def _gpu_k_ok(block_k: int, k: int, n: int, m: int) -> bool:
@@ -108,10 +131,12 @@ def check_block_sizes(block: BlockSizes, k: int, n_out: int, n: int, m: int, bac
         )
     if n_out % block.block_n:
         problems.append(f"block_n must divide N={n_out}")
-    if backend == "gpu":
+    if backend in ("gpu", "mosaic_gpu"):
         dims = (block.block_t, block.block_k, block.block_n)
         if any(d < _GPU_MIN or d & (d - 1) for d in dims):
             problems.append(f"GPU tiles must be powers of two >= {_GPU_MIN}")
+    if backend == "mosaic_gpu" and block.block_t % 64:
+        problems.append("Mosaic GPU needs block_t a multiple of 64 (one warpgroup's wgmma rows)")
     if problems:
         raise ValueError(
             f"`block_sizes` (={block}) invalid for K={k}, N={n_out}, {n}:{m}: "
