@@ -7,6 +7,7 @@ import dataclasses
 from jaxnm.kernels.expand import RUN
 
 _GPU_MIN = 16  # Triton's tl.dot needs every tile dimension >= 16
+_GPU_SMS = 132  # streaming multiprocessors of an H100 SXM / H200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,9 @@ class BlockSizes:
         GPU (Triton; power-of-two tiles >= 16):
           * ``block_t = clip(next_pow2(T), 16, 128)``;
           * ``block_n``: 32 for ``T <= 16`` (weight-bound: more programs in flight), 64 for
-            ``T <= 64``, else 128; halved until it divides ``N``;
+            ``T <= 64``, else 128; halved until it divides ``N``; for ``T <= 16`` halved
+            (down to 16) while the grid has fewer than 2 programs per SM of a 132-SM
+            H100/H200 (T = 16, K = N = 4096: 256 programs of 16 columns, not 128 of 32);
           * ``block_k``: 256 for ``T <= 16`` (more weight bytes per loop step), else 64; halved
             (down to 16, then doubled from the start) until it divides ``K`` and
             ``block_k * n // m`` is a multiple of 8 (whole index bytes);
@@ -76,6 +79,8 @@ def _gpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSizes:
     block_n = 32 if tokens <= 16 else 64 if tokens <= 64 else 128
     while block_n > _GPU_MIN and n_out % block_n:
         block_n //= 2
+    while tokens <= 16 and block_n > _GPU_MIN and n_out // block_n < 2 * _GPU_SMS:
+        block_n //= 2  # weight-bound: >= 2 programs per SM (T=16, N=4096: 256, not 128)
     start = 256 if tokens <= 16 else 64
     down = [start >> i for i in range(start.bit_length()) if start >> i >= _GPU_MIN]
     up = [start << i for i in range(1, 8)]

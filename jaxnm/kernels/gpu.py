@@ -8,13 +8,19 @@ select over the ``m`` positions of each group) and accumulates ``tl.dot`` in flo
 the compressed bytes travel from HBM: 56.25% of dense for bfloat16 2:4. Dense tensor-core MMA
 is used; Hopper's sparse MMA is not reachable from Pallas.
 
-jax 0.10 routes ``pallas_call`` on GPU to Mosaic GPU by default; the explicit Triton
-``CompilerParams`` here select the Triton backend.
+``pl.pallas_call`` on GPU lowers to Triton (the Triton ``CompilerParams`` here set warps and
+stages); Mosaic GPU is reached only through ``plgpu.kernel`` (see
+:mod:`jaxnm.kernels.mosaic_gpu`). jax >= 0.11 deprecates the Pallas Triton backend and warns
+(a ``DeprecationWarning``) each time a Triton ``pallas_call`` is lowered; that happens
+inside jax's lowering, where jaxnm cannot catch it, so importing this module installs one
+``warnings`` filter that ignores exactly that message (it also silences it for other
+Triton ``pallas_call`` users in the process). The kernel stays while jax ships the backend.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +32,12 @@ from jaxnm.compressed import CompressedNM
 from jaxnm.kernels.blocks import BlockSizes
 from jaxnm.kernels.common import kernel_blocks, pad_rows, poison, round_up
 from jaxnm.kernels.expand import RUN, expand_tile
+
+warnings.filterwarnings(
+    "ignore",
+    message="The Pallas Triton backend is deprecated",
+    category=DeprecationWarning,
+)
 
 
 def _kernel(x_ref, v_ref, p_ref, *refs, n, m, bits, block_k, num_k, compute_dtype):

@@ -14,10 +14,11 @@ from jaxnm.kernels.blocks import BlockSizes
 from jaxnm.kernels.common import check_operands, kernel_blocks, kernel_support
 from jaxnm.kernels.cusparselt.matmul import cusparselt_support, nm_matmul_cusparselt
 from jaxnm.kernels.gpu import nm_matmul_gpu
+from jaxnm.kernels.mosaic_gpu import mosaic_gpu_support, nm_matmul_mosaic_gpu
 from jaxnm.kernels.reference import nm_matmul_reference
 from jaxnm.kernels.tpu import nm_matmul_tpu
 
-_BACKENDS = ("xla", "gpu", "tpu", "cusparselt")
+_BACKENDS = ("xla", "gpu", "mosaic_gpu", "tpu", "cusparselt")
 # Platforms that ``lax.platform_dependent`` tells apart, and each one's native kernel.
 _PLATFORM_KERNEL = {"cpu": "xla", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 _PLATFORM_ALIASES = {"gpu": "cuda"}
@@ -43,7 +44,9 @@ def select_backend(
     Args:
       x: ``(T, K)`` activations (shape and dtype matter, not values).
       c: 2-D :class:`~jaxnm.CompressedNM` of ``W (K, N)``.
-      backend: ``None`` (automatic), ``"xla"``, ``"gpu"`` or ``"tpu"``.
+      backend: ``None`` (automatic) or one of ``"xla"``, ``"gpu"`` (Triton), ``"mosaic_gpu"``
+        (EXPERIMENTAL, explicit only: see :func:`nm_matmul_mosaic_gpu`), ``"tpu"``,
+        ``"cusparselt"`` (EXPERIMENTAL, explicit only).
       platform: the lowering platform, ``"cpu"``, ``"cuda"`` (or ``"gpu"``), ``"rocm"`` or
         ``"tpu"`` (e.g. ``jax.default_backend()``, or a compile-only device's platform).
       block_sizes: the tiles ``nm_matmul`` was given (``None``: the per-shape rule).
@@ -81,7 +84,7 @@ def select_backend(
         if why:
             raise ValueError(f"`backend='cusparselt'` does not support this input: {why}.")
         return backend
-    why = kernel_support(x, c)
+    why = kernel_support(x, c) or (mosaic_gpu_support(x, c) if backend == "mosaic_gpu" else None)
     if why:
         raise ValueError(f"`backend={backend!r}`: the Pallas kernel does not support this: {why}.")
     return backend
@@ -92,6 +95,8 @@ def _run(backend: str, cfg: _Config, x: jax.Array, c: CompressedNM) -> jax.Array
         return nm_matmul_cusparselt(x, c, interpret=cfg.interpret)
     if backend == "gpu":
         return nm_matmul_gpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
+    if backend == "mosaic_gpu":
+        return nm_matmul_mosaic_gpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
     if backend == "tpu":
         return nm_matmul_tpu(x, c, block_sizes=cfg.block_sizes, interpret=cfg.interpret)
     return nm_matmul_reference(x, c)

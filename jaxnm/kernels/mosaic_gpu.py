@@ -9,8 +9,16 @@ in registers (:func:`expand_tile`, the same one-hot select as the Triton and TPU
 stored to a swizzled shared-memory tile and fed to Hopper's ``wgmma`` with the float32
 accumulator in registers. Only the compressed weight bytes travel from HBM.
 
-16-bit inputs only (``wgmma`` has no float32 operands; tf32 would lose precision):
-float32 falls back to the Triton kernel in ``nm_matmul``'s automatic choice.
+16-bit inputs only (``wgmma`` has no float32 operands; tf32 would lose precision).
+
+STATUS (EXPERIMENTAL; ``nm_matmul(..., backend="mosaic_gpu")`` only, never chosen
+automatically): correct in Mosaic GPU's interpret mode on CPU (jax >= 0.11; tests compare
+with ``nm_matmul_reference``), but its real lowering fails in Mosaic GPU's layout inference
+(jax 0.12.0.1: "Failed to infer a possible set of layouts"): the one-hot expansion reshapes
+register arrays to 3-D/4-D, which Mosaic GPU's register layouts do not express. A
+lowerable version needs an expansion written on 2-D ``(rows, block_n)`` slabs (e.g. index
+planes brought in per bit row and the K axis of ``x`` permuted to match); not done. It has
+never run on a GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +35,18 @@ from jaxnm.kernels.common import kernel_blocks, pad_rows, round_up
 from jaxnm.kernels.expand import RUN, expand_tile
 
 MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def mosaic_gpu_support(x: jax.Array, c: CompressedNM) -> str | None:
+    """Why this kernel cannot take ``(x, c)`` beyond :func:`kernel_support`, or ``None``."""
+    if jnp.result_type(x) != c.dtype or c.dtype not in MOSAIC_DTYPES:
+        return (
+            f"it takes bfloat16 or float16 `x` and `c` of one dtype, got "
+            f"{jnp.result_type(x)} and {c.dtype}"
+        )
+    if not hasattr(plgpu, "InterpretGPUParams"):
+        return f"it needs jax >= 0.11 (Mosaic GPU interpret mode), this is jax {jax.__version__}"
+    return None
 
 
 def _swizzled(cols: int, dtype) -> tuple:
@@ -62,12 +82,10 @@ def nm_matmul_mosaic_gpu(
       ``(T, N)`` in ``x.dtype``, float32 accumulation.
     """
     block = kernel_blocks(x, c, block_sizes, "mosaic_gpu")
-    dtype = jnp.result_type(x, c.dtype)
-    if dtype not in MOSAIC_DTYPES or x.dtype != c.dtype:
-        raise ValueError(
-            f"The Mosaic GPU kernel takes bfloat16 or float16 `x` and `c` of one dtype, got "
-            f"{x.dtype} and {c.dtype}."
-        )
+    why = mosaic_gpu_support(x, c)
+    if why:
+        raise ValueError(f"The Mosaic GPU N:M kernel does not support this input: {why}.")
+    dtype = c.dtype
     (tokens, k), n_out = x.shape, c.shape[1]
     bt, bk, bn = block.block_t, block.block_k, block.block_n
     rows = bk * c.n // c.m
@@ -119,4 +137,3 @@ def nm_matmul_mosaic_gpu(
         interpret=plgpu.InterpretGPUParams() if interpret else False,
     )(pad_rows(x, padded), c.values, c.indices)
     return out[:tokens]
-

@@ -121,7 +121,10 @@ def test_unwritten_tile_is_detected(interpret):
 
 def test_block_rule():
     gpu = functools.partial(BlockSizes.for_shape, backend="gpu")
-    assert gpu(1, 4096, 4096, 2, 4) == BlockSizes(16, 256, 32, num_warps=4, num_stages=2)
+    # Weight-bound T: block_n shrinks until the grid has >= 2 programs per SM (132 SMs).
+    assert gpu(1, 4096, 4096, 2, 4) == BlockSizes(16, 256, 16, num_warps=4, num_stages=2)
+    assert gpu(16, 8192, 8192, 2, 4) == BlockSizes(16, 256, 16, num_warps=4, num_stages=2)
+    assert gpu(16, 4096, 65536, 2, 4).block_n == 32  # 2048 programs already
     assert gpu(4096, 4096, 4096, 2, 4) == BlockSizes(128, 64, 128, num_warps=8, num_stages=3)
     assert gpu(40, 96, 48, 2, 4) == BlockSizes(64, 32, 16, num_warps=4, num_stages=2)
     assert gpu(100, 256, 64, 1, 16).block_k == 128  # 1:16 needs 128 dense rows per byte run
@@ -129,7 +132,10 @@ def test_block_rule():
     assert tpu(1, 4096, 4096, 2, 4) == BlockSizes(16, 512, 256)
     assert tpu(1000, 8192, 384, 1, 4) == BlockSizes(256, 1024, 128)
     assert tpu(5, 64, 48, 2, 4) == BlockSizes(16, 64, 48)
-    with pytest.raises(ValueError, match="'gpu' or 'tpu'"):
+    mosaic = functools.partial(BlockSizes.for_shape, backend="mosaic_gpu")
+    assert mosaic(16, 4096, 4096, 2, 4) == BlockSizes(64, 64, 32, num_stages=4)
+    assert mosaic(4096, 4096, 4096, 4, 8) == BlockSizes(128, 64, 128, num_stages=4)
+    with pytest.raises(ValueError, match="'gpu', 'mosaic_gpu' or 'tpu'"):
         BlockSizes.for_shape(1, 64, 64, 2, 4, backend="xla")
 
 
