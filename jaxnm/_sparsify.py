@@ -42,9 +42,9 @@ from jaxnm._checks import check_int, check_nm
 from jaxnm._params import Include, default_include, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
-from jaxnm.mask_packing import MAX_GROUP, pack, packed_shape, unpack, word_dtype
 from jaxnm.masks.layers import layer_masks
 from jaxnm.masks.nm import nm_mask
+from jaxnm.masks.packing import MAX_GROUP, pack, packed_shape, unpack, word_dtype
 from jaxnm.masks.solvers import MaskMethod, Solver, resolve_solver
 
 

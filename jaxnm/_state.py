@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnm.mask_packing import unpack
+from jaxnm.masks.packing import unpack
 
 
 @jax.tree_util.register_dataclass
@@ -25,7 +25,7 @@ class SparsifyState:
     Attributes:
       count: int32 scalar, number of updates applied so far.
       masks: pytree matching the params: for every sparsified leaf ``(..., R, C)`` its mask
-        packed to ``(..., R // m, C)`` unsigned words (see :mod:`jaxnm.mask_packing`;
+        packed to ``(..., R // m, C)`` unsigned words (see :mod:`jaxnm.masks.packing`;
         groups along axis ``-2``); ``None`` for parameters that are not sparsified.
       m: the group size (static).
     """

@@ -32,11 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnm._checks import check_nm
-from jaxnm._params import default_include
+from jaxnm._params import Include, Path, default_include
 from jaxnm.masks import MaskMethod, Solver, nm_mask, transposable_mask
-
-Path = tuple[Any, ...]
-Include = Callable[[Path, jax.Array], bool]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnm.masks.compaction import compacted_rounds
+from jaxnm.masks.packing import bit_words
 from jaxnm.masks.residual import cancel_cycles, finite_scores
 
 
@@ -63,20 +64,13 @@ def _key_position(key: jax.Array, m: int) -> jax.Array:
     return low - (key & low)
 
 
-def _bit_words(m: int) -> tuple[jnp.dtype, int]:
-    """The narrowest unsigned word type for ``m`` bits (at most 32 bits) and how many words."""
-    for dtype, width in ((jnp.uint8, 8), (jnp.uint16, 16), (jnp.uint32, 32)):
-        if m <= width:
-            return jnp.dtype(dtype), 1
-    return jnp.dtype(jnp.uint32), -(-m // 32)
-
-
 class _Bits:
     """Bit sets over ``m`` positions, stored as ``words`` unsigned words of ``dtype``."""
 
     def __init__(self, m: int):
         self.m = m
-        self.dtype, self.words = _bit_words(m)
+        dtype, self.words = bit_words(m)
+        self.dtype = jnp.dtype(dtype)
         self.width = 8 * self.dtype.itemsize
 
     def _bit(self, positions: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnm.mask_packing import unpack
+from jaxnm.masks.packing import unpack
 from jaxnm.ops import MVUE, nm_conv, nm_dot_general
 from jaxnm.ops._nm_dot_general import OpBackend
 
@@ -29,7 +29,7 @@ class NMOp(nnx.Module):
 
     Attributes:
       bits: the optimizer's packed-mask Variable, ``(..., R // m, C)`` unsigned words
-        (groups of ``m`` along the kernel's axis ``-2``, see :mod:`jaxnm.mask_packing`).
+        (groups of ``m`` along the kernel's axis ``-2``, see :mod:`jaxnm.masks.packing`).
       m: group size (static).
       grad_sparsity: ``None`` or a :class:`jaxnm.MVUE` (see :func:`jaxnm.ops.nm_dot_general`).
       rngs: ``nnx.Rngs`` drawing one key per call from its default stream (None when

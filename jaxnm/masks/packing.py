@@ -23,6 +23,15 @@ from jaxnm._sharding import reshape
 MAX_GROUP = 32
 
 
+def bit_words(m: int) -> tuple[np.dtype, int]:
+    """The narrowest unsigned word type for a set of ``m`` bits, and how many words it takes
+    (one for ``m <= 32``; 32-bit words beyond)."""
+    for dtype, width in ((np.uint8, 8), (np.uint16, 16), (np.uint32, 32)):
+        if m <= width:
+            return np.dtype(dtype), 1
+    return np.dtype(np.uint32), -(-m // 32)
+
+
 def word_dtype(m: int) -> np.dtype:
     """The unsigned dtype holding one group of ``m`` bits.
 
@@ -33,11 +42,7 @@ def word_dtype(m: int) -> np.dtype:
         raise ValueError(
             f"`m` (={m}) must be in 1..{MAX_GROUP} for packed mask storage (one word per group)."
         )
-    if m <= 8:
-        return np.dtype(np.uint8)
-    if m <= 16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.uint32)
+    return bit_words(m)[0]
 
 
 def packed_shape(shape: tuple[int, ...], m: int) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxnm.mask_packing import pack, packed_shape, unpack, word_dtype
+from jaxnm.masks.packing import pack, packed_shape, unpack, word_dtype
 
 
 @settings(max_examples=10)
