@@ -121,7 +121,10 @@ def _check_transpose_agrees(c: CompressedNM, c_t: CompressedNM) -> None:
     leaves = jax.tree.leaves((c, c_t))
     if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         return  # under jit / vmap / grad: not inspectable
-    if not bool(jnp.array_equal(decompress(c_t), decompress(c).T)):
+    agrees = jnp.array_equal(decompress(c_t), decompress(c).T)
+    if isinstance(agrees, jax.core.Tracer):
+        return  # concrete arrays closed over inside a jit trace: the result is traced too
+    if not bool(agrees):
         raise ValueError(
             "`c_t` does not hold the transpose of `c`'s matrix; build it with "
             "jaxnm.compressed.transpose(c) (and rebuild it whenever c.values change)."
