@@ -76,33 +76,60 @@ class ResNet(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head self-attention with ``(dim, 3 * dim)`` qkv and ``(dim, dim)`` output kernels.
 
+    Input and output ``(B, T, dim)``. ``causal=True``: token ``t`` attends to tokens
+    ``<= t`` (decoder). ``dtype``: computation dtype of the projections (params stay
+    float32), e.g. ``jnp.bfloat16``.
+
     Plain ``nnx.Linear`` projections (rather than ``nnx.MultiHeadAttention``'s per-head
     ``LinearGeneral``) keep the kernels 2-D ``(in, out)``, the layout jaxnm tiles.
     """
 
-    def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        causal: bool = False,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
         if dim % heads:
             raise ValueError(f"`dim` (={dim}) must be divisible by `heads` (={heads}).")
         self.heads = heads
-        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
-        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.causal = causal
+        self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads), 3, axis=2)
-        y = nnx.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+        mask = nnx.make_causal_mask(jnp.ones((b, t), jnp.int32)) if self.causal else None
+        y = nnx.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask)
         return self.proj(y.reshape(b, t, d))
 
 
 class EncoderBlock(nnx.Module):
-    """Pre-norm transformer block: attention and a GELU MLP, each with a residual."""
+    """Pre-norm transformer block: attention and a GELU MLP, each with a residual.
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, *, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
-        self.attn = Attention(dim, heads, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
-        self.fc1 = nnx.Linear(dim, mlp_dim, rngs=rngs)
-        self.fc2 = nnx.Linear(mlp_dim, dim, rngs=rngs)
+    ``causal`` and ``dtype`` as in :class:`Attention` (the GPT of :mod:`nmexamples.gpt`
+    stacks causal blocks).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_dim: int,
+        *,
+        causal: bool = False,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.norm1 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+        self.attn = Attention(dim, heads, causal=causal, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x + self.attn(self.norm1(x))

@@ -187,15 +187,31 @@ def build(cfg: TrainConfig, ds: data.Dataset) -> tuple[nnx.Module, nnx.Optimizer
     """
     model = models.build(cfg.model, ds.x_train.shape[1:], ds.num_classes, seed=cfg.seed)
     spe = steps_per_epoch(cfg, len(ds.x_train))
+    return model, sparse_optimizer(model, cfg, cfg.epochs * spe, spe)
+
+
+def sparse_optimizer(
+    model: nnx.Module, cfg, total_steps: int, warmup_steps: int
+) -> nnx.Optimizer:
+    """The ``nnx.Optimizer`` of a run's recipe, linked to ``model``'s sparsified layers.
+
+    Args:
+      model: the NNX model (its tileable kernels become N:M in sparse runs).
+      cfg: a config with the recipe fields of :class:`TrainConfig` (``sparsity``,
+        ``transposable``, ``grad_sparsity``, ``lr``, ``weight_decay``, ``refresh_every``,
+        ``freeze_masks``, ``sparse_start``, ``srste``, ``mask_method``, ``seed``), e.g. a
+        ``TrainConfig`` or the language model's ``LMConfig``.
+      total_steps: optimizer steps of the whole run (schedule and mask phases).
+      warmup_steps: linear learning-rate warm-up steps.
+    """
     spec = sparse.spec_from_config(cfg)
-    total = cfg.epochs * spe
-    start_step, end_step = mask_schedule(cfg, total)
+    start_step, end_step = mask_schedule(cfg, total_steps)
     tx = make_tx(
         spec,
         cfg.lr,
         cfg.weight_decay,
-        total,
-        spe,
+        total_steps,
+        warmup_steps,
         cfg.refresh_every,
         start_step,
         end_step,
@@ -204,7 +220,7 @@ def build(cfg: TrainConfig, ds: data.Dataset) -> tuple[nnx.Module, nnx.Optimizer
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     sparse.attach(model, optimizer, spec, seed=cfg.seed)
-    return model, optimizer
+    return optimizer
 
 
 def mask_schedule(cfg: TrainConfig, total_steps: int) -> tuple[int, int | None]:
@@ -309,7 +325,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_config(out / "config.json", cfg)
+    check_config(out / "config.json", cfg, frozenset({"epochs", "data_dir"}))
     ds = load_data(cfg)
     spe = steps_per_epoch(cfg, len(ds.x_train))
     batch_size = min(cfg.batch_size, len(ds.x_train))
@@ -327,7 +343,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
             nnx.update((model, optimizer), state)
             start_epoch = epoch + 1
             history = [r for r in read_metrics(metrics_path) if r["epoch"] <= epoch]
-    _write_metrics(metrics_path, history)
+    write_metrics(metrics_path, history)
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     if cfg.progress:
@@ -408,17 +424,19 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _write_metrics(path: Path, records: list[dict]) -> None:
+def write_metrics(path: Path, records: list[dict]) -> None:
+    """(Re)writes a ``metrics.jsonl`` file with ``records``, one JSON object per line."""
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def check_config(path: Path, cfg: TrainConfig) -> None:
-    """Writes ``config.json``; on resume, refuses a config that changes the run."""
+def check_config(path: Path, cfg, ignore: frozenset[str] = frozenset()) -> None:
+    """Writes ``config.json`` of the dataclass ``cfg``; on resume, refuses a config that
+    changes the run (fields in ``ignore``, ``resume``, ``progress`` and ``out`` may change)."""
     current = dataclasses.asdict(cfg)
     if cfg.resume and path.exists():
         # settings added after a run was saved count as their defaults
-        saved = {**dataclasses.asdict(TrainConfig()), **json.loads(path.read_text())}
-        ignore = {"resume", "progress", "epochs", "out", "data_dir"}
+        saved = {**dataclasses.asdict(type(cfg)()), **json.loads(path.read_text())}
+        ignore = {"resume", "progress", "out", *ignore}
         changed = {k for k in current if k not in ignore and saved.get(k) != current[k]}
         if changed:
             raise ValueError(
