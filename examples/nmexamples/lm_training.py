@@ -81,7 +81,7 @@ class LMConfig:
     sparsity: str = "dense"
     transposable: bool = False
     grad_sparsity: str = "none"
-    steps: int = 500
+    steps: int = 250
     batch_size: int = 16
     context: int = 128
     dim: int = 64
@@ -92,16 +92,16 @@ class LMConfig:
     out: str = "runs/lm"
     resume: bool = False
     seed: int = 0
-    lr: float = 3e-3
+    lr: float = 5e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 50
+    warmup_steps: int = 25
     refresh_every: int = 40
     freeze_masks: float = 0.8
     sparse_start: float = 0.0
     srste: float = 0.0
     mask_method: str = "greedy"
-    eval_every: int = 100
-    eval_tokens: int = 32768
+    eval_every: int = 50
+    eval_tokens: int = 16384
     sample_bytes: int = 256
     progress: bool = True
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sysconfig
 from collections.abc import Iterator
@@ -78,12 +79,11 @@ def stdlib_files(root: str | Path | None = None) -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"] if root is None else root)
     if not root.is_dir():
         raise FileNotFoundError(f"`root` (={str(root)!r}) is not a directory.")
-    files = [
-        p
-        for p in root.rglob("*.py")
-        if p.is_file() and not _STDLIB_EXCLUDED_DIRS.intersection(p.relative_to(root).parts[:-1])
-    ]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    files = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in _STDLIB_EXCLUDED_DIRS]  # not walked
+        files += [Path(directory) / f for f in names if f.endswith(".py")]
+    return sorted((f for f in files if f.is_file()), key=lambda f: f.relative_to(root).as_posix())
 
 
 def load(
@@ -135,7 +135,7 @@ def load(
     if not docs:
         raise ValueError(f"`data` (={str(data)!r}) holds no text (no non-empty document).")
     train, val, split = _split(docs, val_fraction)
-    if not train or not val:
+    if not any(train) or not any(val):
         raise ValueError(
             f"`data` (={str(data)!r}) is too small to split into training and validation "
             f"text ({sum(map(len, docs))} bytes)."
