@@ -121,9 +121,15 @@ def check(cfg: LMConfig) -> None:
         raise ValueError(f"`warmup_steps` (={cfg.warmup_steps}) must be >= 0.")
 
 
-def build(cfg: LMConfig) -> tuple[gpt.GPT, nnx.Optimizer]:
+def build(cfg: LMConfig, params: nnx.State | None = None) -> tuple[gpt.GPT, nnx.Optimizer]:
     """The GPT and its ``nnx.Optimizer`` (sparse runs: ``jaxnm.sparsify`` chained first and
-    the blocks' ``nnx.Linear`` layers linked to its masks)."""
+    the blocks' ``nnx.Linear`` layers linked to its masks).
+
+    Args:
+      cfg: the run.
+      params: ``nnx.State`` of ``nnx.Param`` values to start from instead of the seeded
+        initialisation (e.g. a converted model); the initial masks are computed from them.
+    """
     check(cfg)
     model = gpt.GPT(
         context=cfg.context,
@@ -134,6 +140,8 @@ def build(cfg: LMConfig) -> tuple[gpt.GPT, nnx.Optimizer]:
         dtype=DTYPES[cfg.dtype],
         rngs=nnx.Rngs(params=cfg.seed),
     )
+    if params is not None:
+        nnx.update(model, params)
     optimizer = training.sparse_optimizer(model, cfg, cfg.steps, cfg.warmup_steps)
     return model, optimizer
 
