@@ -1,9 +1,10 @@
-"""Train-step time of a small NNX ViT: dense versus N:M sparse training, same run.
+"""Train-step time of a small NNX ViT or byte-level GPT: dense versus N:M sparse training,
+same run.
 
 Sparse: ``optax.chain(jaxnm.sparsify(2, 4, transposable=True, refresh_every=40),
-optax.adamw)`` with every tileable ``nnx.Linear`` routed through the N:M op by
-``jaxnm.nnx.sparsify_model(..., grad_sparsity="mvue_2_4")``. Dense: the same model and
-``optax.adamw``. Both are timed in alternating rounds of ``refresh_every`` steps (one
+optax.adamw)`` (``--sparsity 4:8``: 4:8) with every tileable ``nnx.Linear`` routed through
+the N:M op by ``jaxnm.nnx.sparsify_model(..., grad_sparsity="mvue_2_4")``. Dense: the same
+model and ``optax.adamw``. Both are timed in alternating rounds of ``refresh_every`` steps (one
 step in every ``refresh_every`` sparse steps), so load drift on a shared machine hits both
 alike. Printed: medians of dense steps, sparse non-refresh steps and sparse refresh steps
 (the mask refresh runs inside the jitted step at every ``refresh_every``-th step), and the
@@ -11,13 +12,19 @@ sparse/dense ratio averaged over one refresh period,
 ``((refresh_every - 1) * non_refresh + refresh) / (refresh_every * dense)``.
 
   python benchmarks/train_step.py [--rounds 12] [--steps-per-round 10] [--batch 16]
+
+``--model gpt``: the language model of ``examples/lm.py`` (``nmexamples.gpt.GPT``, tied
+byte embeddings, causal blocks) on random ``(batch, context + 1)`` byte windows, next-byte
+loss; defaults are the perplexity table's shape (dim 64, depth 4, 4 heads, context 128).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import optax
@@ -69,12 +76,26 @@ class ViT(nnx.Module):
         return self.head(self.norm(x).mean(axis=1))
 
 
-def make(sparse: bool, refresh_every: int, grad_sparsity: jaxnm.MVUE | None = None, **vit):
-    model = ViT(**vit, rngs=nnx.Rngs(0))
+def make_gpt(*, dim, depth, heads, context, rngs: nnx.Rngs):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from nmexamples.gpt import GPT
+
+    return GPT(context=context, dim=dim, depth=depth, heads=heads, rngs=rngs)
+
+
+def make(
+    sparse: bool,
+    refresh_every: int,
+    grad_sparsity: jaxnm.MVUE | None = None,
+    nm: tuple[int, int] = (2, 4),
+    model_fn=ViT,
+    **shape,
+):
+    model = model_fn(**shape, rngs=nnx.Rngs(0))
     opt = optax.adamw(1e-3)
     if sparse:
         # greedy (not the default "auto") keeps the figures comparable with BENCHMARKS.md
-        sparsify = jaxnm.sparsify(2, 4, refresh_every=refresh_every, method="greedy")
+        sparsify = jaxnm.sparsify(*nm, refresh_every=refresh_every, method="greedy")
         opt = optax.chain(sparsify, opt)
     optimizer = nnx.Optimizer(model, opt, wrt=nnx.Param)
     if sparse:
@@ -84,6 +105,8 @@ def make(sparse: bool, refresh_every: int, grad_sparsity: jaxnm.MVUE | None = No
 
 @nnx.jit
 def train_step(model, optimizer, images, labels):
+    """One step; ``images`` may be GPT byte windows ``(B, T)`` with next bytes ``labels``."""
+
     def loss_fn(model):
         logits = model(images)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -117,23 +140,36 @@ def main():
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--refresh-every", type=int, default=40)
-    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--model", choices=["vit", "gpt"], default="vit")
+    parser.add_argument("--dim", type=int, default=None, help="default: vit 384, gpt 64")
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=None, help="default: vit 6, gpt 4")
+    parser.add_argument("--context", type=int, default=128, help="gpt: bytes of context")
+    parser.add_argument("--sparsity", choices=["2:4", "4:8"], default="2:4")
     parser.add_argument("--grad-sparsity", default="mvue_2_4", help='"none" for a dense dW')
     args = parser.parse_args()
     gs = jaxnm.MVUE.parse(args.grad_sparsity)
-    vit = dict(dim=args.dim, depth=args.depth, heads=args.heads, mlp=4 * args.dim)
+    nm = tuple(int(v) for v in args.sparsity.split(":"))
     n, k = args.refresh_every, args.steps_per_round
     kx, ky = jax.random.split(jax.random.key(0))
-    batch = (
-        jax.random.normal(kx, (args.batch, 32, 32, 3)),
-        jax.random.randint(ky, (args.batch,), 0, 10),
-    )
-    dense, sparse = make(False, n, **vit), make(True, n, gs, **vit)
+    if args.model == "vit":
+        dim, heads = args.dim or 384, args.heads or 6
+        shape = dict(dim=dim, depth=args.depth, heads=heads, mlp=4 * dim, model_fn=ViT)
+        batch = (
+            jax.random.normal(kx, (args.batch, 32, 32, 3)),
+            jax.random.randint(ky, (args.batch,), 0, 10),
+        )
+    else:
+        dim, heads = args.dim or 64, args.heads or 4
+        shape = dict(dim=dim, depth=args.depth, heads=heads, context=args.context)
+        shape["model_fn"] = make_gpt
+        tokens = jax.random.randint(kx, (args.batch, args.context + 1), 0, 256)
+        batch = (tokens[:, :-1], tokens[:, 1:])
+    dense, sparse = make(False, n, **shape), make(True, n, gs, nm, **shape)
+    shown = {k: v for k, v in shape.items() if k != "model_fn"}
     print(
-        f"devices: {jax.devices()}  batch {args.batch}, refresh every {n}, ViT {vit}, "
-        f"grad_sparsity {gs}"
+        f"devices: {jax.devices()}  {args.model} {shown}, batch {args.batch}, "
+        f"{args.sparsity}-T, refresh every {n}, grad_sparsity {gs}"
     )
     for name, state in (("dense", dense), ("sparse", sparse)):
         start = time.perf_counter()

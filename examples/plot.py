@@ -5,11 +5,15 @@
   ``m x m`` tile grid drawn, kept weights shaded by ``|w|``.
 * ``retained.png``: per sparsified layer, the fraction of ``|w|`` the mask keeps, for each
   sparse run.
+* ``val_loss.png`` (language-model runs of ``lm.py`` / ``run_lm_table.py``): validation bits
+  per byte against steps, one colour per configuration (thin: each seed, thick: the mean),
+  with a zoom on the last 40% of the steps.
 
 Example::
 
     python examples/plot.py runs/resnet_digits_dense_seed0 runs/resnet_digits_48t_seed0 \\
         --out plots
+    python examples/plot.py runs/lm_table/* --out plots/lm
 """
 
 from __future__ import annotations
@@ -27,10 +31,65 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from nmexamples import sparse, training  # noqa: E402
+from nmexamples import lm_training, sparse, training  # noqa: E402
 
 import jaxnm  # noqa: E402
 from jaxnm import format_path, key_path_names  # noqa: E402
+
+
+def lm_row(cfg) -> str:
+    """The table row of an ``LMConfig``: ``"dense"``, ``"4:8-T + mvue_1_2"``, ``"2:4"``."""
+    label = cfg.sparsity
+    if cfg.transposable and cfg.sparsity != "dense":
+        label += "-T"
+    if cfg.grad_sparsity != "none":
+        label += f" + {cfg.grad_sparsity}"
+    return label
+
+
+def plot_lm_loss(run_dirs: list[Path], path: Path, zoom: float = 0.4) -> None:
+    """Validation bits per byte of language-model runs; runs differing only in seed share a
+    colour (thin lines: seeds, thick: their mean at the steps all of them reached)."""
+    groups: dict[str, list[list[dict]]] = {}
+    for run in run_dirs:
+        cfg = lm_training.LMConfig(**_read_config(run))
+        groups.setdefault(lm_row(cfg), []).append(training.read_metrics(run / "metrics.jsonl"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    last = max(r["step"] for runs in groups.values() for records in runs for r in records)
+    for i, (label, runs) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        for records in runs:
+            for ax in axes:
+                ax.plot(
+                    [r["step"] for r in records],
+                    [r["val_bpb"] for r in records],
+                    color=color,
+                    alpha=0.35,
+                    linewidth=0.8,
+                )
+        common = sorted(set.intersection(*({r["step"] for r in rs} for rs in runs)))
+        mean = [
+            np.mean([r["val_bpb"] for rs in runs for r in rs if r["step"] == s]) for s in common
+        ]
+        seeds = f"{len(runs)} seed{'s' * (len(runs) > 1)}"
+        for ax in axes:
+            ax.plot(common, mean, color=color, linewidth=2, label=f"{label} ({seeds})")
+    lo = (1.0 - zoom) * last
+    tail = [r["val_bpb"] for runs in groups.values() for rs in runs for r in rs if r["step"] >= lo]
+    axes[1].set_xlim(lo, last * 1.01)
+    if tail:
+        pad = 0.05 * (max(tail) - min(tail) + 1e-3)
+        axes[1].set_ylim(min(tail) - pad, max(tail) + pad)
+    axes[0].set_title("validation bits per byte")
+    axes[1].set_title(f"last {zoom:.0%} of the steps")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation bits per byte")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def layer_masks(run_dir: str | Path) -> tuple[training.TrainConfig, dict[str, tuple]]:
@@ -129,6 +188,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     run_dirs = [Path(r) for r in a.runs]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if all("context" in _read_config(run) for run in run_dirs):  # lm.py runs
+        written = [out / "val_loss.png"]
+        plot_lm_loss(run_dirs, written[0])
+        print(written[0])
+        return written
     written = [out / "accuracy.png"]
     plot_accuracy(run_dirs, written[0])
 

@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnm import key_path_names
 from nmexamples.models import EncoderBlock
-
-from jaxnm.transform import key_path_names
 
 VOCAB = 256  # bytes
 

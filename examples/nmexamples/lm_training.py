@@ -36,7 +36,7 @@ from flax import nnx
 from tqdm import tqdm
 
 import jaxnm
-from jaxnm.transform import key_path_names
+from jaxnm import key_path_names
 from nmexamples import checkpoint, gpt, text, training
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -99,7 +99,7 @@ class LMConfig:
     freeze_masks: float = 0.8
     sparse_start: float = 0.0
     srste: float = 0.0
-    mask_method: str = "greedy"
+    mask_method: str = "auto"
     eval_every: int = 50
     eval_tokens: int = 16384
     sample_bytes: int = 256
@@ -149,7 +149,7 @@ def build(cfg: LMConfig, params: nnx.State | None = None) -> tuple[gpt.GPT, nnx.
 def sparse_paths(optimizer: nnx.Optimizer) -> set[tuple]:
     """Paths of the parameters the optimizer sparsifies (empty for a dense run)."""
     try:
-        masks = jaxnm.masks(optimizer.opt_state)
+        masks = jaxnm.current_masks(optimizer.opt_state)
     except ValueError:
         return set()
     flat = jax.tree_util.tree_flatten_with_path(masks)[0]

@@ -190,9 +190,7 @@ def build(cfg: TrainConfig, ds: data.Dataset) -> tuple[nnx.Module, nnx.Optimizer
     return model, sparse_optimizer(model, cfg, cfg.epochs * spe, spe)
 
 
-def sparse_optimizer(
-    model: nnx.Module, cfg, total_steps: int, warmup_steps: int
-) -> nnx.Optimizer:
+def sparse_optimizer(model: nnx.Module, cfg, total_steps: int, warmup_steps: int) -> nnx.Optimizer:
     """The ``nnx.Optimizer`` of a run's recipe, linked to ``model``'s sparsified layers.
 
     Args:

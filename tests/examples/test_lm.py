@@ -1,16 +1,18 @@
 """Tests of the language-model example: training on a tiny corpus the test writes (loss
-falls), bit-identical resume, the masks of every block kernel, the table runner and the
-GPT's sparse shares. The text loader is tested in test_lm_text.py."""
+falls), bit-identical resume, the masks of every block kernel, conversion and the loss plot,
+the table runner and the GPT's sparse shares. The text loader is tested in test_lm_text.py."""
 
 import json
 
 import jax
 import lm as lm_script
+import lm_convert
 import numpy as np
+import plot as plot_script
 import pytest
 import run_lm_table
 from flax import nnx
-from nmexamples import checkpoint, gpt, lm_training
+from nmexamples import gpt, lm_training
 
 import jaxnm
 
@@ -38,18 +40,25 @@ def _state_leaves(run_dir):
     cfg, model, optimizer, _ = lm_training.load_run(run_dir)
     leaves = jax.tree.leaves(nnx.state((model, optimizer)))
     return [
-        np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                   else x)
+        np.asarray(
+            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        )
         for x in leaves
     ]
 
 
-def test_dense_lm_learns_and_writes_its_run(corpus_dir, tmp_path):
-    out = tmp_path / "dense"
+@pytest.fixture(scope="module")
+def dense_run(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "dense"
     history = lm_script.main(
-        _args(corpus_dir, out, "--steps", "40", "--eval-every", "20", "--lr", "1e-2")
+        _args(corpus_dir, out, "--steps", "30", "--eval-every", "15", "--lr", "1e-2")
     )
-    assert [r["step"] for r in history] == [20, 40]
+    return out, history
+
+
+def test_dense_lm_learns_and_writes_its_run(dense_run):
+    out, history = dense_run
+    assert [r["step"] for r in history] == [15, 30]
     assert history[-1]["val_loss"] < 0.75 * np.log(256)  # well below a uniform guess
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     r = history[-1]
@@ -58,15 +67,60 @@ def test_dense_lm_learns_and_writes_its_run(corpus_dir, tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert info["corpus"]["documents"] == 12 and info["sparse"]["sparse_params"] == 0
     assert (out / "sample.txt").read_text(errors="replace")
-    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [
-        "20",
-        "40",
-    ]
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert checkpoints == ["15", "30"]
+
+
+def test_lm_convert_and_plot(dense_run, tmp_path):
+    out, history = dense_run
+    records = lm_convert.main(
+        [
+            "--run",
+            str(out),
+            "--sparsity",
+            "4:8",
+            "--calib-windows",
+            "16",
+            "--finetune-steps",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    (r,) = records
+    loss = r["val_loss"]
+    assert np.isclose(loss["dense"], history[-1]["val_loss"])
+    assert set(loss) == {
+        "dense",
+        "magnitude",
+        "adaprune",
+        "magnitude_finetuned",
+        "adaprune_finetuned",
+    }
+    assert all(np.isfinite(v) for v in loss.values())
+    assert all(x["reconstructed_error"] <= x["magnitude_error"] + 1e-6 for x in r["layers"])
+    assert len(r["layers"]) == 4  # qkv, proj, fc1, fc2 of the one block
+    assert json.loads((tmp_path / "convert.json").read_text())[0]["sparsity"] == "4:8-T"
+    (written,) = plot_script.main([str(out), "--out", str(tmp_path / "plots")])
+    assert written.name == "val_loss.png" and written.stat().st_size > 0
 
 
 def test_sparse_resume_is_bit_identical(corpus_dir, tmp_path):
-    flags = ["--sparsity", "2:4", "--transposable", "--grad-sparsity", "mvue_1_2",
-             "--refresh-every", "3", "--steps", "8", "--eval-every", "4", "--sample-bytes", "0"]
+    flags = [
+        "--sparsity",
+        "2:4",
+        "--transposable",
+        "--grad-sparsity",
+        "mvue_1_2",
+        "--refresh-every",
+        "3",
+        "--steps",
+        "8",
+        "--eval-every",
+        "4",
+        "--sample-bytes",
+        "0",
+    ]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     lm_script.main(_args(corpus_dir, whole, *flags))
     cfg = lm_script.parse_args(_args(corpus_dir, parts, *flags))
@@ -83,8 +137,7 @@ def test_sparse_resume_is_bit_identical(corpus_dir, tmp_path):
 @pytest.mark.parametrize("nm", ["4:8", "2:4"])
 def test_every_block_kernel_gets_a_transposable_mask(nm):
     n, m = map(int, nm.split(":"))
-    cfg = lm_training.LMConfig(sparsity=nm, transposable=True, dim=32, depth=2, heads=2,
-                               context=16)
+    cfg = lm_training.LMConfig(sparsity=nm, transposable=True, dim=32, depth=2, heads=2, context=16)
     model, optimizer = lm_training.build(cfg)
     paths = lm_training.sparse_paths(optimizer)
     expected = {
@@ -93,7 +146,7 @@ def test_every_block_kernel_gets_a_transposable_mask(nm):
         for layer in (("attn", "qkv"), ("attn", "proj"), ("fc1",), ("fc2",))
     }
     assert paths == expected  # embedding (= tied head), positions, norms stay dense
-    masks = jaxnm.masks(optimizer.opt_state)
+    masks = jaxnm.current_masks(optimizer.opt_state)
     for path in paths:
         node = masks
         for key in path:
@@ -109,8 +162,21 @@ def test_every_block_kernel_gets_a_transposable_mask(nm):
 
 def test_bfloat16_compute_runs(corpus_dir, tmp_path):
     cfg = lm_script.parse_args(
-        _args(corpus_dir, tmp_path, "--dtype", "bfloat16", "--sparsity", "4:8",
-              "--transposable", "--steps", "2", "--eval-every", "2", "--sample-bytes", "0")
+        _args(
+            corpus_dir,
+            tmp_path,
+            "--dtype",
+            "bfloat16",
+            "--sparsity",
+            "4:8",
+            "--transposable",
+            "--steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--sample-bytes",
+            "0",
+        )
     )
     model, optimizer = lm_training.build(cfg)
     windows = np.zeros((2, 17), np.int32)

@@ -18,8 +18,11 @@ def test_stdlib_corpus_is_deterministic():
     root = Path(sysconfig.get_paths()["stdlib"])
     rel = [p.relative_to(root).as_posix() for p in first]
     assert rel == sorted(rel)
-    assert not any(part in ("test", "tests", "idlelib", "site-packages")
-                   for r in rel for part in r.split("/")[:-1])
+    assert not any(
+        part in ("test", "tests", "idlelib", "site-packages")
+        for r in rel
+        for part in r.split("/")[:-1]
+    )
     a, b = text.load("stdlib"), text.load("stdlib")
     assert a.sha256 == b.sha256 and len(a.sha256) == 64
     np.testing.assert_array_equal(a.val, b.val)
