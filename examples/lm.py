@@ -22,7 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nmexamples import sparse  # noqa: E402
 from nmexamples.lm_training import DTYPES, LMConfig, train  # noqa: E402
+
+import jaxnm  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) -> LMConfig:
@@ -36,7 +39,7 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
         help="stdlib | pydoc-topics | a .txt/.jsonl file or a directory of text files",
     )
     p.add_argument("--text-field", default=d.text_field, help="text key of .jsonl records")
-    p.add_argument("--sparsity", choices=["dense", "2:4", "4:8"], default=d.sparsity)
+    p.add_argument("--sparsity", choices=list(sparse.SPARSITIES), default=d.sparsity)
     p.add_argument(
         "--transposable",
         action="store_true",
@@ -44,7 +47,7 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
     )
     p.add_argument(
         "--grad-sparsity",
-        choices=["none", "mvue_1_2", "mvue_2_4"],
+        choices=sparse.GRAD_SPARSITIES,
         default=d.grad_sparsity,
         help="MVUE pruning of the neural gradients of the sparse layers",
     )
@@ -66,9 +69,7 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
     p.add_argument("--freeze-masks", type=float, default=d.freeze_masks)
     p.add_argument("--sparse-start", type=float, default=d.sparse_start)
     p.add_argument("--srste", type=float, default=d.srste, metavar="LAMBDA")
-    p.add_argument(
-        "--mask-method", choices=["greedy", "exhaustive", "exact", "auto"], default=d.mask_method
-    )
+    p.add_argument("--mask-method", choices=sorted(jaxnm.masks.SOLVERS), default=d.mask_method)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
     p.add_argument("--sample-bytes", type=int, default=d.sample_bytes)

@@ -95,14 +95,14 @@ def table(results: dict[str, list[dict]], cfg: LMConfig) -> str:
     dense = np.mean([r["val_loss"] for r in results["dense"]]) if "dense" in results else None
     for name, runs in results.items():
         bpb = np.asarray([r["val_bpb"] for r in runs])
-        std = bpb.std(ddof=1) if len(bpb) > 1 else 0.0
+        std = f"{bpb.std(ddof=1):.4f}" if len(bpb) > 1 else "— (1 seed)"
         seeds = ", ".join(f"{x:.4f}" for x in bpb)
         gap = ratio = "—"
         if dense is not None and name != "dense":
             loss = np.mean([r["val_loss"] for r in runs])
             gap = f"{round((loss - dense) / math.log(2), 4) + 0.0:+.4f}"  # + 0.0: no "-0.0000"
             ratio = f"{100 * (math.exp(loss - dense) - 1) + 0.0:+.2f}%"
-        lines.append(f"| {name} | {bpb.mean():.4f} ± {std:.4f} | {seeds} | {gap} | {ratio} |")
+        lines.append(f"| {name} | {bpb.mean():.4f} ± {std} | {seeds} | {gap} | {ratio} |")
     return "\n".join(lines)
 
 
