@@ -22,10 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nmexamples import sparse  # noqa: E402
+from nmexamples import sparse, training  # noqa: E402
 from nmexamples.lm_training import DTYPES, LMConfig, train  # noqa: E402
-
-import jaxnm  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) -> LMConfig:
@@ -62,14 +60,10 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
     p.add_argument("--out", default=None, help="run directory (default: runs/lm_<data>_...)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--refresh-every", type=int, default=d.refresh_every)
-    p.add_argument("--freeze-masks", type=float, default=d.freeze_masks)
-    p.add_argument("--sparse-start", type=float, default=d.sparse_start)
-    p.add_argument("--srste", type=float, default=d.srste, metavar="LAMBDA")
-    p.add_argument("--mask-method", choices=sorted(jaxnm.masks.SOLVERS), default=d.mask_method)
+    # the sparse-training recipe: the flags of train.py (same names, help and choices)
+    recipe = {f: getattr(d, f) for f in training.RECIPE_FIELDS}
+    training.add_recipe_arguments(p, training.TrainConfig(**recipe), training.RECIPE_FIELDS)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
     p.add_argument("--sample-bytes", type=int, default=d.sample_bytes)
@@ -92,14 +86,8 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
         out=a.out or str(Path("runs") / _run_name(a)),
         resume=a.resume,
         seed=a.seed,
-        lr=a.lr,
-        weight_decay=a.weight_decay,
         warmup_steps=a.warmup_steps,
-        refresh_every=a.refresh_every,
-        freeze_masks=a.freeze_masks,
-        sparse_start=a.sparse_start,
-        srste=a.srste,
-        mask_method=a.mask_method,
+        **training.recipe_kwargs(a, training.RECIPE_FIELDS),
         eval_every=a.eval_every,
         eval_tokens=a.eval_tokens,
         sample_bytes=a.sample_bytes,

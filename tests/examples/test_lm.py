@@ -191,8 +191,8 @@ def test_bad_lm_flags(tmp_path):
         lm_script.main(["--data", str(tmp_path / "no_such_corpus"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         lm_script.parse_args(["--dtype", "float16"])
-    with pytest.raises(ValueError, match="transposable"):
-        lm_training.build(lm_training.LMConfig(transposable=True))
+    with pytest.raises(ValueError, match="grad_sparsity"):
+        lm_training.build(lm_training.LMConfig(grad_sparsity="mvue_1_2"))
     with pytest.raises(ValueError, match="context"):
         gpt.GPT(context=8, dim=16, depth=1, heads=2, rngs=nnx.Rngs(0))(np.zeros((1, 9), int))
 
