@@ -8,6 +8,7 @@ on a GPU.
 """
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -28,12 +29,15 @@ COMPRESS, MATMUL, SEARCH = library.TARGETS
 
 @pytest.fixture(scope="module")
 def extension(tmp_path_factory):
-    """Builds the extension into a temporary directory (the CI build step) and loads it."""
-    out = tmp_path_factory.mktemp("cusparselt") / "_jaxnm_cusparselt.so"
-    try:
-        cusparselt.build(out)
-    except cusparselt.BuildError as error:
-        pytest.skip(f"cannot build the cuSPARSELt extension here: {error}")
+    """The extension: the one CI built (``$JAXNM_CUSPARSELT_LIBRARY``, see ``.ci/run``), else
+    built here into a temporary directory; loaded and registered."""
+    built = os.environ.get(library.ENV_VAR)
+    out = Path(built) if built else tmp_path_factory.mktemp("cusparselt") / "ext.so"
+    if not out.is_file():
+        try:
+            cusparselt.build(out)
+        except cusparselt.BuildError as error:
+            pytest.skip(f"cannot build the cuSPARSELt extension here: {error}")
     mp = pytest.MonkeyPatch()
     mp.setenv(library.ENV_VAR, str(out))
     library.load.cache_clear()
