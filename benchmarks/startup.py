@@ -21,7 +21,8 @@ many 3x3 kernels of few shapes), ``vit`` (a small ViT, patch 4 on 32x32x3, fused
   python benchmarks/startup.py [--models cnn resnet vit] [--repeats 3] [--n 4 --m 8]
       [--method greedy] [--smoke]
 
-``--smoke`` runs every model at a tiny size, once (the test suite runs it).
+``--smoke`` runs every model at a tiny size, once, with 2:4 masks by the exhaustive solver
+(cheap to compile; the test suite runs it).
 """
 
 from __future__ import annotations
@@ -164,15 +165,22 @@ def sparse_summary(model, shape, n: int, m: int) -> str:
     return f"{weights / 1e6:.2f} M params, {len(sparse)} sparse kernels"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[float]:
+    """Runs the benchmark; returns the sparse/dense ratios (init, first step per model)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["cnn", "resnet", "vit"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--m", type=int, default=8)
-    parser.add_argument("--method", default="greedy")
-    parser.add_argument("--smoke", action="store_true", help="tiny models, one round")
-    args = parser.parse_args()
+    parser.add_argument("--n", type=int, default=None, help="default 4 (2 with --smoke)")
+    parser.add_argument("--m", type=int, default=None, help="default 8 (4 with --smoke)")
+    parser.add_argument("--method", default=None, help="default greedy (exhaustive: --smoke)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny models, one round, 2:4 exhaustive (CI)"
+    )
+    args = parser.parse_args(argv)
+    smoke = dict(n=2, m=4, method="exhaustive") if args.smoke else dict(n=4, m=8, method="greedy")
+    for name, value in smoke.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     repeats = 1 if args.smoke else args.repeats
     zoo = models(args.smoke)
     unknown = sorted(set(args.models) - set(zoo))
@@ -187,7 +195,7 @@ def main() -> None:
     sparse_tx = optax.chain(jaxnm.sparsify(args.n, args.m, method=args.method), dense_tx)
     header = "| model | | init s | first-step compile s |"
     rows = [header, "|---|---|---:|---:|"]
-    verdicts = []
+    verdicts, ratios = [], []
     for name in args.models:
         model, shape = zoo[name]
         print(f"{name}: {sparse_summary(model, shape, args.n, args.m)}", flush=True)
@@ -200,6 +208,7 @@ def main() -> None:
             for kind, runs in times.items()
         }
         ratio = [med["sparse"][i] / med["dense"][i] for i in range(2)]
+        ratios += ratio
         for kind in ("dense", "sparse"):
             rows.append(f"| {name} | {kind} | {med[kind][0]:.2f} | {med[kind][1]:.2f} |")
         rows.append(f"| {name} | sparse / dense | {ratio[0]:.2f}x | {ratio[1]:.2f}x |")
@@ -212,6 +221,7 @@ def main() -> None:
     print(f"\nmedians of {repeats} cold round(s)")
     print("\n".join(rows))
     print("\n".join(verdicts))
+    return ratios
 
 
 if __name__ == "__main__":
