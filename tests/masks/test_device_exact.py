@@ -105,16 +105,6 @@ def test_compacted_rounds_match_whole_batch_rounds():
         np.testing.assert_array_equal(whole, compact)
 
 
-def test_jit_vmap_and_eager_agree():
-    s = jnp.asarray(np.stack([tiles("integers", 12, 8, 1), tiles("normal", 12, 8, 2)]))
-    eager = [np.asarray(device_exact.solve(x, 4)) for x in s]
-    jitted = jax.jit(device_exact.solve, static_argnums=1)
-    batched = np.asarray(jax.vmap(lambda x: device_exact.solve(x, 4))(s))
-    for i in range(2):
-        np.testing.assert_array_equal(eager[i], np.asarray(jitted(s[i], 4)))
-        np.testing.assert_array_equal(eager[i], batched[i])
-
-
 def test_transposable_mask_exact_device_under_jit():
     w = jax.random.normal(jax.random.key(2), (2, 16, 32), jnp.bfloat16)
     mask = jax.jit(lambda w: jaxnm.transposable_mask(w, 4, 8, method="exact_device"))(w)
