@@ -97,7 +97,7 @@ def make(
         # greedy (not the default "auto") keeps the figures comparable with BENCHMARKS.md
         sparsify = jaxnm.sparsify(*nm, refresh_every=refresh_every, method="greedy")
         opt = optax.chain(sparsify, opt)
-    optimizer = nnx.Optimizer(model, opt, wrt=nnx.Param)
+    optimizer = (jaxnm.nnx.Optimizer if sparse else nnx.Optimizer)(model, opt, wrt=nnx.Param)
     if sparse:
         jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=grad_sparsity, rngs=nnx.Rngs(1))
     return model, optimizer

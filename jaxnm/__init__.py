@@ -10,9 +10,11 @@ import importlib
 
 from jaxnm import kernels, masks, ops
 from jaxnm._apply_masks import apply_masks
+from jaxnm._compress_params import compress_params
 from jaxnm._params import default_include, format_path, key_path_names
-from jaxnm._sparsify import sparsify
-from jaxnm._state import SparsifyState, current_masks, find_state
+from jaxnm._sparsify import SPARSIFY_STATIC_ARGS, sparsify
+from jaxnm._state import SparsifyState, current_masks, find_state, find_states
+from jaxnm._summary import SparsitySummary, SummaryRow, sparsity_summary
 from jaxnm.compressed import CompressedNM, compress, decompress
 from jaxnm.masks import (
     count_transposable_tiles,
@@ -51,6 +53,12 @@ __all__ = [
     "decompress",
     "default_include",
     "find_state",
+    "find_states",
+    "SparsitySummary",
+    "SummaryRow",
+    "sparsity_summary",
+    "compress_params",
+    "SPARSIFY_STATIC_ARGS",
     "format_path",
     "is_nm",
     "is_transposable_nm",

@@ -7,6 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from jaxnm._params import format_path, key_path_names
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
@@ -15,20 +18,34 @@ def apply_masks(params: Any, masks: Any) -> Any:
     Args:
       params: the (dense) params pytree.
       masks: pytree as returned by :func:`current_masks`: bool (or 0/1 numeric) arrays of
-        the matching leaves' shapes, ``None`` where a parameter stays dense (``masks`` may also be a
-        prefix of ``params`` with ``None`` for whole dense subtrees).
+        the matching leaves' shapes exactly, ``None`` (or optax's ``MaskedNode``) where a
+        parameter stays dense (``masks`` may also be a prefix of ``params`` with ``None`` for
+        whole dense subtrees).
 
     Returns:
       ``params`` with every masked leaf replaced by ``where(mask, leaf, 0)`` (same dtype).
       The gradient flows to the dense leaf unmasked (straight-through estimator), so pruned
       weights keep training and masks can change at the next refresh. Export a trained model
       for inference with ``apply_masks(params, masks)`` outside any gradient.
+
+    Raises:
+      ValueError: a mask whose shape differs from its parameter's (e.g. ``(64, 1)`` for a
+        ``(64, 64)`` kernel, which would broadcast), naming the path.
     """
-    return jax.tree.map(
-        lambda mask, p: p if mask is None else _masked_ste(p, mask),
-        masks,
-        params,
-        is_leaf=lambda x: x is None,
+
+    def one(path, mask, p):
+        if mask is None or isinstance(mask, optax.MaskedNode):
+            return p
+        if np.shape(mask) != np.shape(p):
+            raise ValueError(
+                f"the mask of parameter `{format_path(key_path_names(path))}` (path "
+                f"{key_path_names(path)!r}) has shape {np.shape(mask)}, "
+                f"the parameter {np.shape(p)}: they must be equal (no broadcasting)."
+            )
+        return _masked_ste(p, mask)
+
+    return jax.tree_util.tree_map_with_path(
+        one, masks, params, is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode)
     )
 
 

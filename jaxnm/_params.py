@@ -8,8 +8,9 @@ predicates receive these tuples; errors print them with :func:`format_path`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,30 +50,71 @@ def default_include(m: int, transposable: bool) -> Include:
     >= 2 whose last two axes tile by ``m`` (only axis ``-2`` when ``transposable=False``)."""
 
     def include(path: Path, leaf) -> bool:
-        shape = np.shape(leaf)
-        if not path or path[-1] != "kernel" or len(shape) < 2:
-            return False
-        if transposable:
-            return shape[-1] % m == 0 and shape[-2] % m == 0
-        return shape[-2] % m == 0
+        return default_skip_reason(path, leaf, m, transposable) is None
 
     return include
 
 
-def select_leaves(params: Any, select: Include, m: int, transposable: bool) -> Any:
-    """Pytree matching ``params``: True for the sparsified leaves, None for the others.
+def default_skip_reason(path: Path, leaf, m: int, transposable: bool) -> str | None:
+    """Why the default selection leaves ``leaf`` dense (None: it is selected)."""
+    shape = tuple(np.shape(leaf))
+    if not path or path[-1] != "kernel":
+        return "not named 'kernel'"
+    if len(shape) < 2:
+        return "rank < 2"
+    if shape[-2] % m or (transposable and shape[-1] % m):
+        need = f"axes {shape[-2:]}" if transposable else f"axis -2 ({shape[-2]})"
+        return f"{need} not multiples of m={m}"
+    return None
+
+
+class Skipped(NamedTuple):
+    """A parameter left dense by the selection."""
+
+    path: Path  # as ``include`` receives it
+    shape: tuple[int, ...]
+    reason: str
+
+
+def select_leaves(
+    params: Any, include: Include | None, m: int, transposable: bool
+) -> tuple[Any, tuple[Skipped, ...]]:
+    """Which leaves of ``params`` are sparsified.
+
+    Args:
+      params: the params pytree (leaves are arrays; optax's ``MaskedNode`` subtrees are
+        ignored).
+      include: the user's predicate, or None for :func:`default_include`.
+      m: group size.
+      transposable: whether both of the last two axes must tile by ``m``.
+
+    Returns:
+      ``(selected, skipped)``: a pytree matching ``params`` with True for the sparsified
+      leaves and None for the others, and the leaves left dense with the reason.
 
     Raises:
-      ValueError: a leaf ``select`` chooses that is not floating or cannot be tiled by ``m``
-        (the message names its path).
+      ValueError: a leaf ``include`` chooses that is not floating or cannot be tiled by ``m``,
+        or an explicit ``include`` that selects nothing (the messages name paths as the
+        tuples ``include`` receives).
+
+    Warns:
+      UserWarning: the default selection selects nothing (every parameter trains dense).
     """
+    skipped: list[Skipped] = []
 
     def one(path, leaf):
         names = key_path_names(path)
-        if not select(names, leaf):
-            return None
         shape = tuple(np.shape(leaf))
-        where = f"parameter `{format_path(names)}` (shape {shape})"
+        if include is None:
+            reason = default_skip_reason(names, leaf, m, transposable)
+            if reason is not None:
+                skipped.append(Skipped(names, shape, reason))
+                return None
+            return True
+        if not include(names, leaf):
+            skipped.append(Skipped(names, shape, "excluded by `include`"))
+            return None
+        where = f"parameter `{format_path(names)}` (path {names!r}, shape {shape})"
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise ValueError(f"{where} is selected by `include` but is not floating.")
         if len(shape) < 2:
@@ -86,4 +128,21 @@ def select_leaves(params: Any, select: Include, m: int, transposable: bool) -> A
             )
         return True
 
-    return jax.tree_util.tree_map_with_path(one, params)
+    selected = jax.tree_util.tree_map_with_path(one, params)
+    if skipped and not any(x is True for x in jax.tree.leaves(selected)):
+        listing = "; ".join(f"{s.path!r} {s.shape}: {s.reason}" for s in skipped[:12])
+        more = f" (and {len(skipped) - 12} more)" if len(skipped) > 12 else ""
+        if include is not None:
+            raise ValueError(
+                "`include` selects no parameter, so nothing would be sparse. It receives "
+                "`path` as a tuple of names and indices, e.g. ('dense', 'kernel'); compare "
+                "`jaxnm.format_path(path) == 'dense/kernel'` for the string form. "
+                f"Parameters: {listing}{more}."
+            )
+        warnings.warn(
+            f"jaxnm.sparsify selects no parameter (m={m}, transposable={transposable}): "
+            f"everything trains dense. Parameters: {listing}{more}. Pass "
+            "`include=lambda path, leaf: ...` to choose them.",
+            stacklevel=3,
+        )
+    return selected, tuple(skipped)

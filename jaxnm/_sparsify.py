@@ -29,6 +29,7 @@ Semantics (one step = one ``update`` call; ``count`` = steps done so far):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -39,7 +40,7 @@ import optax
 from jax import lax
 
 from jaxnm._checks import check_int, check_nm
-from jaxnm._params import Include, default_include, select_leaves
+from jaxnm._params import Include, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
 from jaxnm.masks.layers import layer_masks
@@ -92,8 +93,11 @@ def sparsify(
         parameters; ``path`` is a tuple of dict keys / attribute names (str) and sequence
         indices (int), e.g. ``("layers", 0, "kernel")``. Default: leaves named
         ``"kernel"`` of rank >= 2 whose last two axes tile by ``m`` (axis ``-2`` divisible
-        by ``m`` when ``transposable=False``). A leaf the predicate selects that cannot be
-        tiled raises a ``ValueError`` naming its path.
+        by ``m`` when ``transposable=False``); when it selects nothing a ``UserWarning``
+        says so. A leaf the predicate selects that cannot be tiled, or a predicate that
+        selects nothing, raises a ``ValueError`` naming the paths. Under
+        ``optax.inject_hyperparams`` list ``"include"`` in ``static_args`` (see
+        :data:`jaxnm.SPARSIFY_STATIC_ARGS`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`SparsifyState`. Its
@@ -114,6 +118,13 @@ def sparsify(
     n, m = check_nm(n, m)
     if m > MAX_GROUP:
         raise ValueError(f"`m` (={m}) must be <= {MAX_GROUP} (one packed mask word per group).")
+    _check_not_traced(
+        end_step=end_step,
+        refresh_every=refresh_every,
+        start_step=start_step,
+        transposable=transposable,
+        dense_tail=dense_tail,
+    )
     refresh_every = check_int(refresh_every, "refresh_every", minimum=1)
     start_step = check_int(start_step, "start_step", minimum=0)
     if end_step is not None:
@@ -127,7 +138,6 @@ def sparsify(
     if include is not None and not callable(include):
         raise TypeError(f"`include` must be a callable (path, leaf) -> bool, got {include!r}.")
     solver = resolve_solver(method)
-    select = include if include is not None else default_include(m, transposable)
     use_srste = not (isinstance(srste, (int, float)) and srste == 0)
 
     def solve_packed(masks: Any, params: Any) -> Any:
@@ -138,12 +148,19 @@ def sparsify(
         return map_masks(lambda bits: jnp.full_like(bits, _all_ones(m)), masks)
 
     def init_fn(params: Any) -> SparsifyState:
-        masks = select_leaves(params, select, m, transposable)
+        masks, skipped = select_leaves(params, include, m, transposable)
         if start_step == 0:
             masks = solve_packed(masks, params)
         else:
             masks = map_masks(lambda _, p: _packed_ones(p, m), masks, params)
-        return SparsifyState(count=jnp.zeros([], jnp.int32), masks=masks, m=m)
+        return SparsifyState(
+            count=jnp.zeros([], jnp.int32),
+            masks=masks,
+            n=n,
+            m=m,
+            transposable=transposable,
+            skipped=skipped,
+        )
 
     def update_fn(updates, state: SparsifyState, params=None, **extra_args):
         del extra_args
@@ -170,7 +187,7 @@ def sparsify(
                 lambda: dense_masks(state.masks),
             ],
         )
-        return updates, SparsifyState(count=step, masks=masks, m=m)
+        return updates, dataclasses.replace(state, count=step, masks=masks)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -227,3 +244,29 @@ def _packed_ones(w, m: int) -> jax.Array:
     if explicit_sharding(w) is None:
         return jnp.full(packed_shape(tuple(np.shape(w)), m), _all_ones(m), word_dtype(m))
     return pack(jnp.ones_like(w, dtype=bool), m)
+
+
+SPARSIFY_STATIC_ARGS: tuple[str, ...] = (
+    "n",
+    "m",
+    "transposable",
+    "method",
+    "refresh_every",
+    "start_step",
+    "end_step",
+    "dense_tail",
+    "include",
+)
+"""Every argument of :func:`sparsify` except ``srste``: the ``static_args`` of
+``optax.inject_hyperparams(jaxnm.sparsify, static_args=jaxnm.SPARSIFY_STATIC_ARGS)``, which
+makes ``srste`` schedulable and keeps the step settings Python ints and ``include`` a
+predicate (optax would otherwise take a callable for a schedule)."""
+
+
+def _check_not_traced(**settings) -> None:
+    for name, value in settings.items():
+        if isinstance(value, jax.Array):
+            raise TypeError(
+                f"`{name}` must be a Python value, got an array ({value!r}); under "
+                "optax.inject_hyperparams pass `static_args=jaxnm.SPARSIFY_STATIC_ARGS`."
+            )

@@ -9,7 +9,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
+from jaxnm._params import Path, Skipped, key_path_names
 from jaxnm.masks.packing import unpack
 
 
@@ -27,22 +29,30 @@ class SparsifyState:
       masks: pytree matching the params: for every sparsified leaf ``(..., R, C)`` its mask
         packed to ``(..., R // m, C)`` unsigned words (see :mod:`jaxnm.masks.packing`;
         groups along axis ``-2``); ``None`` for parameters that are not sparsified.
+      n: kept per group (static).
       m: the group size (static).
+      transposable: whether the masks are transposable N:M (static).
+      skipped: the parameters left dense at ``init``, each with the reason (static).
     """
 
     count: jax.Array
     masks: Any
+    n: int = dataclasses.field(metadata=dict(static=True))
     m: int = dataclasses.field(metadata=dict(static=True))
+    transposable: bool = dataclasses.field(metadata=dict(static=True))
+    skipped: tuple[Skipped, ...] = dataclasses.field(metadata=dict(static=True))
 
 
-def find_state(opt_state: Any) -> SparsifyState:
-    """The one :class:`SparsifyState` inside an optimizer state.
+def find_states(opt_state: Any) -> list[SparsifyState]:
+    """Every :class:`SparsifyState` inside an optimizer state, in tree order.
 
     Searches any nesting: ``optax.chain`` tuples, ``optax.MultiSteps``,
-    ``optax.inject_hyperparams``, ``nnx.Optimizer.opt_state``.
+    ``optax.inject_hyperparams``, ``optax.masked``, ``optax.multi_transform`` (one state
+    per sparse group), ``nnx.Optimizer`` and its ``opt_state``.
 
     Raises:
-      ValueError: no :class:`SparsifyState`, or more than one.
+      ValueError: none found; the message says how to restore an orbax checkpoint that lost
+        the state's type.
     """
     found = [
         leaf
@@ -51,9 +61,29 @@ def find_state(opt_state: Any) -> SparsifyState:
         )
         if isinstance(leaf, SparsifyState)
     ]
+    if not found:
+        raise ValueError(
+            "`opt_state` must contain a jaxnm.sparsify state, found 0. If it was restored "
+            "from an orbax checkpoint without a target, the restore returned plain dicts and "
+            "lost the state's type: restore with a target instead, e.g. "
+            "`ckpt.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, "
+            "tx.init(params)))` (for NNX: `nnx.state((model, optimizer))` as the target)."
+        )
+    return found
+
+
+def find_state(opt_state: Any) -> SparsifyState:
+    """The one :class:`SparsifyState` inside an optimizer state (see :func:`find_states`).
+
+    Raises:
+      ValueError: none, or more than one (e.g. two sparse groups of
+        ``optax.multi_transform``: use :func:`find_states`).
+    """
+    found = find_states(opt_state)
     if len(found) != 1:
         raise ValueError(
-            f"`opt_state` must contain exactly one jaxnm.sparsify state, found {len(found)}."
+            f"`opt_state` must contain exactly one jaxnm.sparsify state, found {len(found)}; "
+            "use jaxnm.find_states for several."
         )
     return found[0]
 
@@ -63,20 +93,53 @@ def current_masks(opt_state: Any) -> Any:
 
     Args:
       opt_state: the state of an optimizer that chains :func:`sparsify` (any nesting; see
-        :func:`find_state`).
+        :func:`find_states`). Several states (parameter groups of ``optax.multi_transform``
+        or ``optax.masked``, each with its own ``n:m``) are merged.
 
     Returns:
       pytree matching the params the optimizer was initialised with: a bool mask of each
       sparsified parameter's shape (N:M along axis ``-2``, or transposable over the last two
-      axes), ``None`` for the other parameters. These are the masks of the next forward pass.
+      axes), ``None`` for the other parameters (also those an optax wrapper masked out).
+      These are the masks of the next forward pass.
     """
-    state = find_state(opt_state)
+    merged = None
+    for state in find_states(opt_state):
+        leaves, treedef = jax.tree_util.tree_flatten(state.masks, is_leaf=is_mask_leaf)
+        masks = [
+            None if is_unmasked(bits) else unpack(jnp.asarray(variable_value(bits)), state.m)
+            for bits in leaves
+        ]
+        if merged is None:
+            merged, merged_def = masks, treedef
+            continue
+        if treedef.num_leaves != merged_def.num_leaves:
+            raise ValueError("the jaxnm.sparsify states in `opt_state` hold different params.")
+        for i, mask in enumerate(masks):
+            if mask is not None and merged[i] is not None:
+                raise ValueError("two jaxnm.sparsify states in `opt_state` mask one parameter.")
+            merged[i] = mask if merged[i] is None else merged[i]
+    return jax.tree_util.tree_unflatten(merged_def, merged)
 
-    def one(bits):
-        bits = variable_value(bits)
-        return None if bits is None else unpack(jnp.asarray(bits), state.m)
 
-    return jax.tree.map(one, state.masks, is_leaf=lambda x: x is None or is_variable(x))
+def sparse_leaves(opt_state: Any) -> list[tuple[Path, Any, SparsifyState]]:
+    """``(path, packed bits, state)`` of every sparsified parameter of every sparsify state
+    in ``opt_state`` (paths as ``include`` receives them; bits may be NNX Variables)."""
+    out = []
+    for state in find_states(opt_state):
+        flat, _ = jax.tree_util.tree_flatten_with_path(state.masks, is_leaf=is_mask_leaf)
+        out += [(key_path_names(p), bits, state) for p, bits in flat if not is_unmasked(bits)]
+    return out
+
+
+def is_mask_leaf(x) -> bool:
+    """Leaves of a packed-mask tree: packed arrays, None, ``MaskedNode``, NNX Variables."""
+    return x is None or isinstance(x, optax.MaskedNode) or is_variable(x)
+
+
+def is_unmasked(bits) -> bool:
+    """Whether a packed-mask leaf stands for a dense (or optax-masked-out) parameter."""
+    bits = variable_value(bits)
+    return bits is None or isinstance(bits, optax.MaskedNode)
 
 
 def map_masks(fn: Callable, masks: Any, *rest: Any) -> Any:

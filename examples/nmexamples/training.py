@@ -29,6 +29,7 @@ from flax import nnx
 from tqdm import tqdm
 
 import jaxnm
+import jaxnm.nnx
 from nmexamples import checkpoint, data, flags, models, sparse
 
 
@@ -216,7 +217,9 @@ def sparse_optimizer(model: nnx.Module, cfg, total_steps: int, warmup_steps: int
         cfg.srste,
         cfg.mask_method,
     )
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    # jaxnm.nnx.Optimizer also writes the refreshed masks into the sparse layers.
+    optimizer_cls = nnx.Optimizer if spec is None else jaxnm.nnx.Optimizer
+    optimizer = optimizer_cls(model, tx, wrt=nnx.Param)
     sparse.attach(model, optimizer, spec, seed=cfg.seed)
     return optimizer
 
@@ -328,6 +331,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> list[dict]:
     spe = steps_per_epoch(cfg, len(ds.x_train))
     batch_size = min(cfg.batch_size, len(ds.x_train))
     model, optimizer = build(cfg, ds)
+    if cfg.progress and isinstance(optimizer, jaxnm.nnx.Optimizer):
+        print(jaxnm.nnx.sparsity_summary(model))  # what is sparse, what stays dense and why
     evaluated = eval_view(model)
 
     augment = cfg.model == "resnet" if cfg.augment is None else cfg.augment

@@ -1,9 +1,11 @@
 """Flax Linen integration: N:M training ops for Dense, DenseGeneral and Conv."""
 
 from jaxnm.linen.layers import Conv, Dense, DenseGeneral, mask_collection
-from jaxnm.linen.ops import MASKS, RNG_STREAM, NMConvGeneralDilated, NMDotGeneral
+from jaxnm.linen.ops import DENSE, MASKS, RNG_STREAM, NMConvGeneralDilated, NMDotGeneral
+from jaxnm.linen.selection import include
 
 __all__ = [
+    "DENSE",
     "MASKS",
     "RNG_STREAM",
     "Conv",
@@ -11,5 +13,6 @@ __all__ = [
     "DenseGeneral",
     "NMConvGeneralDilated",
     "NMDotGeneral",
+    "include",
     "mask_collection",
 ]

@@ -10,8 +10,10 @@ model: pass them at every ``apply`` from the optimizer state (one source of trut
   variables = {"params": params, MASKS: jaxnm.linen.mask_collection(opt_state)}
   y = model.apply(variables, x, rngs={"mvue": key})
 
-Without a :data:`MASKS` entry a layer runs dense (e.g. ``model.init``, excluded layers, or
-inference on params exported with ``jaxnm.apply_masks``).
+Every layer needs its :data:`MASKS` entry in ``apply`` (a mask, or :data:`DENSE` for a
+kernel the optimizer left dense; :func:`mask_collection` writes both); a missing collection
+or entry raises. Only ``model.init`` runs without masks. For inference on params exported
+with ``jaxnm.apply_masks`` use the plain Flax layers, or pass the masks again.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from jaxnm._state import current_masks
-from jaxnm.linen.ops import NMConvGeneralDilated, NMDotGeneral
+from jaxnm.linen.ops import DENSE, NMConvGeneralDilated, NMDotGeneral
 from jaxnm.ops import MVUE
 
 
@@ -71,9 +74,19 @@ def mask_collection(opt_state: Any) -> dict:
       opt_state: optimizer state containing a :func:`jaxnm.sparsify` state.
 
     Returns:
-      nested dict mirroring the params: bool masks of the sparsified kernels' shapes.
+      nested dict mirroring the params: bool masks of the sparsified kernels' shapes, and
+      :data:`DENSE` for every other leaf named ``kernel``.
     """
-    return _prune_none(current_masks(opt_state))
+    masks = jax.tree_util.tree_map_with_path(
+        lambda path, mask: DENSE if mask is None and _is_kernel(path) else mask,
+        current_masks(opt_state),
+        is_leaf=lambda x: x is None,
+    )
+    return _prune_none(masks)
+
+
+def _is_kernel(path) -> bool:
+    return bool(path) and getattr(path[-1], "key", None) == "kernel"
 
 
 def _is_empty_dict(x: Any) -> bool:
@@ -84,6 +97,6 @@ def _prune_none(tree: Any) -> Any:
     if isinstance(tree, dict) or hasattr(tree, "items"):
         out = {k: _prune_none(v) for k, v in tree.items()}
         return {k: v for k, v in out.items() if v is not None and not _is_empty_dict(v)}
-    if tree is None or isinstance(tree, jax.Array):
+    if tree is None or isinstance(tree, (jax.Array, np.ndarray)):
         return tree
     raise TypeError(f"mask_collection expects nested dicts of masks, got {type(tree).__name__}.")

@@ -4,14 +4,21 @@ Flax instantiates them inside ``nn.Dense``, ``nn.DenseGeneral`` and ``nn.Conv`` 
 them like ``lax.dot_general`` / ``lax.conv_general_dilated``. They look up the mask of
 their layer's ``kernel`` in the :data:`MASKS` collection (``variables[MASKS]`` mirrors
 ``variables["params"]``, see :func:`jaxnm.linen.mask_collection`) and run the N:M
-custom_vjp op of :mod:`jaxnm.ops`; a layer without a mask runs the plain op. MVUE keys come
-from the ``"mvue"`` RNG stream (``rngs={"mvue": key}`` in ``apply``).
+custom_vjp op of :mod:`jaxnm.ops`. Every layer must find its entry there: a mask, or
+:data:`DENSE` for a kernel the optimizer left dense (``mask_collection`` writes both); a
+missing collection or entry raises (only ``init`` runs without masks). MVUE keys come from
+the ``"mvue"`` RNG stream (``rngs={"mvue": key}`` in ``apply``); without the stream the
+forward pass (inference) runs and a gradient through it raises.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnm.ops import MVUE, nm_conv, nm_dot_general
@@ -21,6 +28,9 @@ MASKS = "nm_masks"
 
 RNG_STREAM = "mvue"
 """Name of the RNG stream of the MVUE keys."""
+
+DENSE = np.zeros((), bool)
+"""The :data:`MASKS` entry of a kernel that the optimizer leaves dense (a 0-d False)."""
 
 
 class _NMOpBase(nn.Module):
@@ -33,25 +43,40 @@ class _NMOpBase(nn.Module):
     grad_sparsity: MVUE | None = None
 
     def _mask(self):
+        """The layer's mask, or None to run dense (``init``, or a :data:`DENSE` entry)."""
         layer = self.parent
-        if layer is None or not layer.has_variable(MASKS, "kernel"):
+        if layer is None or self.is_initializing():
             return None
-        return layer.get_variable(MASKS, "kernel")
+        if not layer.has_variable(MASKS, "kernel"):
+            if MASKS not in layer.scope.root.variables():
+                missing = f"no {MASKS!r} collection was passed to `apply`"
+            else:
+                missing = f"the {MASKS!r} collection has no entry for it (path mismatch)"
+            raise ValueError(
+                f"jaxnm.linen layer `{'/'.join(layer.scope.path)}`: {missing}. Pass "
+                "`{'params': params, jaxnm.linen.MASKS: jaxnm.linen.mask_collection(opt_state)}` "
+                "with the params the optimizer was initialised with."
+            )
+        mask = layer.get_variable(MASKS, "kernel")
+        return None if jnp.ndim(mask) == 0 else mask
 
     def _spec(self) -> MVUE | None:
         if self.grad_sparsity is not None:
             return self.grad_sparsity
         return getattr(self.parent, "grad_sparsity", None)
 
-    def _key(self, spec: MVUE | None):
+    def _run(self, op: Callable, spec: MVUE | None, lhs, rhs):
+        """``op(lhs, rhs, grad_sparsity, key)``; without the MVUE stream the forward runs
+        and only a gradient raises (MVUE acts in the backward pass alone)."""
         if spec is None:
-            return None
-        if not self.has_rng(RNG_STREAM):
-            raise ValueError(
-                f"`grad_sparsity` (={spec!r}) needs an RNG stream {RNG_STREAM!r}: pass "
-                f"`rngs={{{RNG_STREAM!r}: key}}` to `apply`."
-            )
-        return self.make_rng(RNG_STREAM)
+            return op(lhs, rhs, None, None)
+        if self.has_rng(RNG_STREAM):
+            return op(lhs, rhs, spec, self.make_rng(RNG_STREAM))
+        message = (
+            f"`grad_sparsity` (={spec!r}) needs an RNG stream {RNG_STREAM!r} for the gradient: "
+            f"pass `rngs={{{RNG_STREAM!r}: key}}` to `apply`."
+        )
+        return _forward_only(lambda a, b: op(a, b, None, None), message)(lhs, rhs)
 
 
 class NMDotGeneral(_NMOpBase):
@@ -69,17 +94,20 @@ class NMDotGeneral(_NMOpBase):
                 preferred_element_type=preferred_element_type,
             )
         check_kernel_axes(dimension_numbers, jnp.ndim(rhs), self.parent.name)
-        spec = self._spec()
-        return nm_dot_general(
-            lhs,
-            rhs,
-            mask,
-            dimension_numbers,
-            grad_sparsity=spec,
-            key=self._key(spec),
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
+
+        def op(a, b, spec, key):
+            return nm_dot_general(
+                a,
+                b,
+                mask,
+                dimension_numbers,
+                grad_sparsity=spec,
+                key=key,
+                precision=precision,
+                preferred_element_type=preferred_element_type,
+            )
+
+        return self._run(op, self._spec(), lhs, rhs)
 
 
 class NMConvGeneralDilated(_NMOpBase):
@@ -90,8 +118,28 @@ class NMConvGeneralDilated(_NMOpBase):
         mask = self._mask()
         if mask is None:
             return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
-        spec = self._spec()
-        return nm_conv(lhs, rhs, mask, *args, grad_sparsity=spec, key=self._key(spec), **kwargs)
+
+        def op(a, b, spec, key):
+            return nm_conv(a, b, mask, *args, grad_sparsity=spec, key=key, **kwargs)
+
+        return self._run(op, self._spec(), lhs, rhs)
+
+
+def _forward_only(fn: Callable, message: str) -> Callable:
+    """``fn(lhs, rhs)`` whose gradient raises ``ValueError(message)`` when traced."""
+
+    @jax.custom_vjp
+    def f(lhs, rhs):
+        return fn(lhs, rhs)
+
+    def fwd(lhs, rhs):
+        return fn(lhs, rhs), None
+
+    def bwd(_, g):
+        raise ValueError(message)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
 def check_kernel_axes(dimension_numbers, rhs_ndim: int, layer: str | None) -> None:

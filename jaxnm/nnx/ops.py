@@ -3,10 +3,10 @@
 Each op module replaces the layer's injectable op attribute (``dot_general``,
 ``conv_general_dilated``, ``einsum_op``) and runs the N:M custom_vjp op of :mod:`jaxnm.ops`:
 forward with ``kernel ⊙ mask``, input gradient with the same (transposed) mask, kernel
-gradient straight through, optionally from an MVUE-pruned output gradient. The mask is not
-stored here: ``bits`` *is* the packed-mask Variable of the optimizer state of
-:func:`jaxnm.sparsify` (the same Python object, see :func:`jaxnm.nnx.sparsify_model`), so
-every mask refresh of the optimizer is what the next forward pass uses.
+gradient straight through, optionally from an MVUE-pruned output gradient. Each op holds
+its layer's packed mask in its own :class:`NMMask` Variable (no Variable is shared with the
+optimizer or another layer, so NNX graph and tree mode both work) and its own MVUE key
+stream; :meth:`jaxnm.nnx.Optimizer.update` writes every refreshed mask into it.
 """
 
 from __future__ import annotations
@@ -24,16 +24,25 @@ from jaxnm.ops import MVUE, nm_conv, nm_dot_general
 from jaxnm.ops._nm_dot_general import OpBackend
 
 
+class NMMask(nnx.Variable):
+    """The packed N:M mask of one kernel: ``(..., R // m, C)`` unsigned words (groups of
+    ``m`` along the kernel's axis ``-2``, see :mod:`jaxnm.masks.packing`). Not a ``Param``:
+    ``nnx.grad`` and the optimizer's ``wrt=nnx.Param`` leave it alone; filter it with
+    ``jaxnm.nnx.NMMask``."""
+
+
 class NMOp(nnx.Module):
     """Common state of the op modules.
 
     Attributes:
-      bits: the optimizer's packed-mask Variable, ``(..., R // m, C)`` unsigned words
-        (groups of ``m`` along the kernel's axis ``-2``, see :mod:`jaxnm.masks.packing`).
+      bits: :class:`NMMask` of the layer's kernel, written by
+        :meth:`jaxnm.nnx.Optimizer.update`.
+      n: kept per group (static).
       m: group size (static).
+      transposable: whether the mask is transposable N:M (static).
       grad_sparsity: ``None`` or a :class:`jaxnm.MVUE` (see :func:`jaxnm.ops.nm_dot_general`).
-      rngs: ``nnx.Rngs`` drawing one key per call from its default stream (None when
-        ``grad_sparsity`` is None).
+      rngs: this layer's own ``nnx.Rngs``, one key per call from its default stream (None
+        when ``grad_sparsity`` is None).
       original: the op the layer had before (static), restored by
         :func:`jaxnm.nnx.export_dense`.
       backend: the GEMM backend of :func:`jaxnm.ops.nm_dot_general` (static; ``"xla"``, or
@@ -42,17 +51,21 @@ class NMOp(nnx.Module):
 
     def __init__(
         self,
-        bits: nnx.Variable,
+        bits: jax.Array,
+        n: int,
         m: int,
         *,
+        transposable: bool,
         grad_sparsity: MVUE | None,
         rngs: nnx.Rngs | None,
         original: Callable[..., Any],
         backend: OpBackend = "xla",
     ):
-        self.bits = bits
+        self.bits = NMMask(bits)
+        self.n = n
         self.backend = backend
         self.m = m
+        self.transposable = transposable
         self.grad_sparsity = grad_sparsity
         self.rngs = rngs
         self.original = original

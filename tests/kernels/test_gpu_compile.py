@@ -120,7 +120,7 @@ def _vit_train_step(method: str):
 
     model = ViT((16, 16, 3), 10, patch=4, dim=64, depth=1, heads=2, mlp_dim=128, rngs=nnx.Rngs(0))
     tx = optax.chain(jaxnm.sparsify(2, 4, method=method, refresh_every=2), optax.adamw(1e-3))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = jaxnm.nnx.Optimizer(model, tx, wrt=nnx.Param)
     jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=jaxnm.MVUE(2, 4), rngs=nnx.Rngs(1))
     graphdef, state = nnx.split((model, optimizer))
 

@@ -90,8 +90,8 @@ def test_end_to_end_schedule(build, expected):
     prev = None
     for t, (params, opt_state) in enumerate(history):
         masks = jl.mask_collection(opt_state)
-        flat = jax.tree_util.tree_leaves_with_path(masks)
-        assert len(flat) == expected
+        flat = [(p, mk) for p, mk in jax.tree_util.tree_leaves_with_path(masks) if mk.ndim]
+        assert len(flat) == expected  # the others are jl.DENSE entries
         for path, mk in flat:
             if t < start:
                 assert bool(mk.all()), (t, path)
@@ -138,8 +138,20 @@ def test_errors():
     x, _ = _task(_mlp)
     params = model.init(jax.random.key(1), x)["params"]
     masks = jl.mask_collection(jaxnm.sparsify(N, M).init(params))
+    variables = {"params": params, jl.MASKS: masks}
+    # Inference needs no MVUE stream (MVUE acts in the backward pass only) ...
+    np.testing.assert_array_equal(
+        model.apply(variables, x), model.apply(variables, x, rngs={jl.RNG_STREAM: _key()})
+    )
+    # ... a gradient does.
     with pytest.raises(ValueError, match="mvue"):
-        model.apply({"params": params, jl.MASKS: masks}, x)
+        jax.grad(lambda p: model.apply({"params": p, jl.MASKS: masks}, x).sum())(params)
+    # No masks, or masks of other paths: an error, never a silently dense layer.
+    with pytest.raises(ValueError, match="no 'nm_masks' collection"):
+        model.apply({"params": params}, x)
+    renamed = {f"renamed_{k}": v for k, v in masks.items()}
+    with pytest.raises(ValueError, match="no entry for it"):
+        model.apply({"params": params, jl.MASKS: renamed}, x)
 
     class Bad(nn.Module):
         @nn.compact
@@ -152,3 +164,30 @@ def test_errors():
     masks = {"g": {"kernel": jnp.ones((8, 4, 8), bool)}}
     with pytest.raises(ValueError, match="layer `g`"):
         bad.apply({"params": params, jl.MASKS: masks}, x)
+
+
+def test_summary_of_a_linen_training():
+    model, _, history, _ = _train(_convnet, 1)
+    summary = jaxnm.sparsity_summary(history[-1][1])
+    rows = {jaxnm.format_path(r.path): r for r in summary.rows}
+    assert {k for k, r in rows.items() if r.sparse} == {"c2/kernel", "head/kernel"}
+    assert rows["c2/kernel"].shape == (3, 3, 8, 8) and rows["c2/kernel"].density == 0.5
+    assert rows["c1/kernel"].reason == "axes (3, 8) not multiples of m=4"
+    assert rows["c1/bias"].reason == "not named 'kernel'"
+
+
+def test_plain_flax_layers_are_not_selected_by_linen_include():
+    class Mixed(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = jnp.tanh(jl.Dense(16, name="nm")(x))
+            return nn.Dense(8, name="plain")(h)  # ignores masks: must not be sparsified
+
+    model, x = Mixed(), jnp.ones((2, 8))
+    params = model.init(jax.random.key(0), x)["params"]
+    select = jl.include(model, x, m=M)
+    masks = jaxnm.current_masks(jaxnm.sparsify(N, M, include=select).init(params))
+    assert masks["nm"]["kernel"] is not None and masks["plain"]["kernel"] is None
+    # The default selection would take the plain kernel too; the summary shows which.
+    default = jaxnm.sparsity_summary(jaxnm.sparsify(N, M).init(params))
+    assert {jaxnm.format_path(r.path) for r in default.sparse} == {"nm/kernel", "plain/kernel"}

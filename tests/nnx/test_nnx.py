@@ -51,7 +51,7 @@ def _task(net, key=0):
 def _setup(net, grad_sparsity=MVUE_2_4, **kwargs):
     model = net(nnx.Rngs(1))
     tx = optax.chain(jaxnm.sparsify(N, M, **kwargs), optax.adam(0.02))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = jaxnm.nnx.Optimizer(model, tx, wrt=nnx.Param)
     jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=grad_sparsity, rngs=nnx.Rngs(2))
     return model, optimizer
 
@@ -84,7 +84,7 @@ def test_end_to_end_schedule(net, expected):
     for t in range(1, 12):
         losses.append(float(_train_step(model, optimizer, x, y)))
         masks = {p: layer_op(layer).mask() for p, layer in layers.items()}
-        # The layers read the optimizer's masks: one copy.
+        # The layers' masks are the optimizer's (written by its update).
         flat = jaxnm.current_masks(optimizer.opt_state)
         for p, mk in masks.items():
             np.testing.assert_array_equal(mk, _get(flat, p + ("kernel",)))
@@ -163,7 +163,7 @@ def test_errors():
             self.g = nnx.LinearGeneral(8, (4, 8), rngs=rngs)
 
     model = WithGeneral(nnx.Rngs(0))
-    opt = nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
+    opt = jaxnm.nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
     with pytest.raises(ValueError, match="g/kernel"):
         jaxnm.nnx.sparsify_model(model, opt)
     model, optimizer = _setup(MLP, grad_sparsity=None)
@@ -175,7 +175,7 @@ def test_errors():
             self.e = nnx.Einsum("bd,hd->bh", (8, 8), rngs=rngs)
 
     model = BadEinsum(nnx.Rngs(0))
-    opt = nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
+    opt = jaxnm.nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
     with pytest.raises(ValueError, match="contracted, output"):
         jaxnm.nnx.sparsify_model(model, opt)
 
@@ -198,3 +198,88 @@ def _get_layer(model, path):
     for key in path:
         model = model[key] if isinstance(key, int) else getattr(model, key)
     return model
+
+
+def _tree_step(model, optimizer, x, y):
+    # Tree mode differentiates every leaf (masks, RNG counts): allow_int gives them float0.
+    loss_fn = lambda mdl: jnp.mean((mdl(x) - y) ** 2)  # noqa: E731
+    loss, grads = nnx.value_and_grad(loss_fn, graph=False, allow_int=True)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def test_tree_mode_eager_and_jitted_updates_agree():
+    """No aliased Variables: tree mode (graph=False) works and matches graph mode, eagerly and
+    under jit; every layer's mask follows the optimizer's refreshes."""
+    x, y = _task(MLP)
+    runs = {}
+    for mode in ("graph", "tree", "eager"):
+        model, optimizer = _setup(MLP, refresh_every=1)
+        if mode == "graph":
+            step = _train_step
+        elif mode == "tree":
+            step = nnx.jit(_tree_step, graph=False)
+        else:
+            step = _tree_step
+        losses = [float(step(model, optimizer, x, y)) for _ in range(3)]
+        flat = jaxnm.current_masks(optimizer.opt_state)
+        for p, layer in _sparse_layers(model).items():
+            np.testing.assert_array_equal(layer_op(layer).mask(), _get(flat, p + ("kernel",)))
+        runs[mode] = losses
+    np.testing.assert_allclose(runs["tree"], runs["graph"], rtol=1e-5)
+    np.testing.assert_allclose(runs["eager"], runs["graph"], rtol=1e-5)
+    assert runs["graph"][-1] < runs["graph"][0]
+
+
+def test_views_clones_split_merge():
+    x, y = _task(MLP)
+    stale = MLP(nnx.Rngs(1))
+    early_view = nnx.view(stale)  # made before sparsify_model: must not run dense silently
+    optimizer = jaxnm.nnx.Optimizer(
+        stale, optax.chain(jaxnm.sparsify(N, M), optax.adam(0.02)), wrt=nnx.Param
+    )
+    jaxnm.nnx.sparsify_model(stale, optimizer)
+    with pytest.raises(ValueError, match="view.*before sparsify_model"):
+        early_view(x)
+    with pytest.raises(ValueError, match="before sparsify_model"):
+        _train_step(early_view, optimizer, x, y)
+    model, optimizer = _setup(MLP, refresh_every=1)
+    view = nnx.view(model)  # made after: shares the sparse layers and their masks
+    _train_step(view, optimizer, x, y)
+    _train_step(view, optimizer, x, y)
+    np.testing.assert_array_equal(view(x), model(x))
+    np.testing.assert_array_equal(view(x), jaxnm.nnx.export_dense(model)(x))
+    np.testing.assert_array_equal(nnx.clone(model)(x), model(x))
+    graphdef, state = nnx.split(model)
+    np.testing.assert_array_equal(nnx.merge(graphdef, state)(x), model(x))
+    assert len(jax.tree.leaves(nnx.state(model, jaxnm.nnx.NMMask))) == 3
+
+
+def test_sparsify_model_needs_its_own_optimizer():
+    model = MLP(nnx.Rngs(0))
+    with pytest.raises(TypeError, match="jaxnm.nnx.Optimizer"):
+        jaxnm.nnx.sparsify_model(model, None)
+    plain = nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
+    with pytest.raises(TypeError, match="plain nnx.Optimizer"):
+        jaxnm.nnx.sparsify_model(model, plain)
+
+    class Wider(nnx.Module):
+        def __init__(self, rngs):
+            self.l2 = nnx.Linear(16, 32, rngs=rngs)
+
+    other = jaxnm.nnx.Optimizer(Wider(nnx.Rngs(0)), jaxnm.sparsify(N, M), wrt=nnx.Param)
+    with pytest.raises(ValueError, match="built for this model"):
+        jaxnm.nnx.sparsify_model(model, other)
+
+
+def test_summary_of_an_nnx_model():
+    model, optimizer = _setup(MLP)
+    rows = {jaxnm.format_path(r.path): r for r in jaxnm.nnx.sparsity_summary(model).rows}
+    assert {k for k, r in rows.items() if r.sparse} == {"l2/kernel", "e/kernel", "out/kernel"}
+    assert rows["l2/kernel"].density == 0.5 and rows["l2/kernel"].transposable
+    assert "include" in rows["l1/kernel"].reason
+    from_state = jaxnm.sparsity_summary(optimizer)  # the optimizer's own view agrees
+    assert {jaxnm.format_path(r.path) for r in from_state.sparse} == {
+        k for k, r in rows.items() if r.sparse
+    }
+    assert "l1/kernel" in str(from_state) and "not multiples of m=4" in str(from_state)
