@@ -188,7 +188,7 @@ def test_sparsify_model_train_step_compiles_for_gpu(extension, gpu_target):
 
     model = MLP(nnx.Rngs(0))
     tx = optax.chain(jaxnm.sparsify(2, 4, transposable=True, refresh_every=2), optax.sgd(0.1))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = jaxnm.nnx.Optimizer(model, tx, wrt=nnx.Param)
     jaxnm.nnx.sparsify_model(
         model, optimizer, grad_sparsity=jaxnm.MVUE(2, 4), rngs=nnx.Rngs(1), backend="cusparselt"
     )
