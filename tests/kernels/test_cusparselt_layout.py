@@ -401,7 +401,9 @@ def test_sparsify_model_backend_checks():
             return self.conv(x)
 
     model = Net(nnx.Rngs(0))
-    opt = jaxnm.nnx.Optimizer(model, optax.chain(jaxnm.sparsify(2, 4), optax.sgd(0.1)), wrt=nnx.Param)
+    opt = jaxnm.nnx.Optimizer(
+        model, optax.chain(jaxnm.sparsify(2, 4), optax.sgd(0.1)), wrt=nnx.Param
+    )
     with pytest.raises(ValueError, match="nnx.Linear kernels only"):
         jaxnm.nnx.sparsify_model(model, opt, backend="cusparselt")
     with pytest.raises(ValueError, match="`backend`"):
