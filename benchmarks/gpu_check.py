@@ -133,13 +133,14 @@ def _check_one(backend: str, tokens: int, size: int, dtype, interpret: bool) -> 
         def loss(x, fn):
             return jnp.sum(jnp.sin(fn(x).astype(jnp.float32)))
 
+        # c and c_t are jit arguments (nm_matmul's eager c_t check skips traced operands).
         dx = jax.jit(
             jax.grad(
-                lambda x: loss(
+                lambda x, c, c_t: loss(
                     x, lambda v: nm_matmul(v, c, c_t=c_t, backend=backend, interpret=interpret)
                 )
             )
-        )(x)
+        )(x, c, c_t)
         dx_ref = jax.grad(
             lambda x: loss(x, lambda v: nm_matmul_reference(v, c, precision="highest"))
         )(x)
