@@ -71,6 +71,7 @@ def test_dense_lm_learns_and_writes_its_run(dense_run):
     assert checkpoints == ["15", "30"]
 
 
+@pytest.mark.slow  # compile-heavy (CI budget); run with -m slow
 def test_lm_convert_and_plot(dense_run, tmp_path):
     out, history = dense_run
     records = lm_convert.main(
@@ -160,6 +161,7 @@ def test_every_block_kernel_gets_a_transposable_mask(nm):
     assert 0.5 < shares["param_fraction"] < 1 and 0.5 < shares["flop_fraction"] < 1
 
 
+@pytest.mark.slow  # compile-heavy (CI budget); run with -m slow
 def test_bfloat16_compute_runs(corpus_dir, tmp_path):
     cfg = lm_script.parse_args(
         _args(
