@@ -40,8 +40,9 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
     p.add_argument("--sparsity", choices=list(sparse.SPARSITIES), default=d.sparsity)
     p.add_argument(
         "--transposable",
-        action="store_true",
-        help="transposable N:M masks (N:M along both kernel axes)",
+        action=argparse.BooleanOptionalAction,
+        default=d.transposable,
+        help="transposable N:M masks (N:M along both kernel axes; default, as jaxnm.sparsify)",
     )
     p.add_argument(
         "--grad-sparsity",
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
 
 def _run_name(a: argparse.Namespace) -> str:
     name = f"lm_{Path(a.data).name}_{a.sparsity.replace(':', '')}"
-    if a.transposable:
+    if a.transposable and a.sparsity != "dense":
         name += "t"
     if a.grad_sparsity != "none":
         name += f"_{a.grad_sparsity}"

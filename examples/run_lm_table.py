@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 from nmexamples.lm_training import LMConfig, train  # noqa: E402
 
 CONFIGS = {
-    "dense": dict(sparsity="dense"),
+    "dense": dict(sparsity="dense", transposable=False),
     "4:8-T": dict(sparsity="4:8", transposable=True),
     "4:8-T + MVUE 1:2": dict(sparsity="4:8", transposable=True, grad_sparsity="mvue_1_2"),
     "2:4-T + MVUE 1:2": dict(sparsity="2:4", transposable=True, grad_sparsity="mvue_1_2"),
-    "2:4": dict(sparsity="2:4"),
+    "2:4": dict(sparsity="2:4", transposable=False),
 }
 
 # The table's recipe, the same for every row (the mask settings do not affect dense): the

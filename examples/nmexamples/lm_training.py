@@ -79,7 +79,7 @@ class LMConfig:
     data: str = "stdlib"
     text_field: str = "text"
     sparsity: str = "dense"
-    transposable: bool = False
+    transposable: bool = True
     grad_sparsity: str = "none"
     steps: int = 250
     batch_size: int = 16
