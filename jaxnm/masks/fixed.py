@@ -16,6 +16,7 @@ high word leaves room for sums of up to ``4 (m + 2)`` scores of the tile's scale
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -119,7 +120,7 @@ def total(a: Fixed, axes, rounding: Literal["down", "up"]) -> jax.Array:
 def tile_exponent(scores: jax.Array) -> jax.Array:
     """int32 ``(B,)``: the least ``e`` with ``max|scores[b]| < 2**e`` (0 for all-zero tiles)."""
     b = scores.shape[0]
-    amax = jnp.max(jnp.abs(scores).reshape(b, -1), axis=-1)
+    amax = jnp.max(jnp.abs(scores).reshape(b, math.prod(scores.shape[1:])), axis=-1)
     return jnp.frexp(amax)[1].astype(jnp.int32)
 
 

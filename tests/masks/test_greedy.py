@@ -93,6 +93,7 @@ def test_quality_against_the_optimum(n, m):
     assert value.sum() > plain.sum()
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_transposable_mask_greedy_dtypes(dtype):
     w = jax.random.normal(jax.random.key(1), (3, 16, 24), dtype)
     mask = jax.jit(lambda w: jaxnm.transposable_mask(w, 4, 8, method="greedy"))(w)
