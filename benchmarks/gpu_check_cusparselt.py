@@ -12,8 +12,10 @@ On a CUDA GPU with the extension built (``pip install -e ".[cusparselt]"`` and
    compressed once, algorithm searched), the ViT-B and GPT-2-small linear shapes at
    4096–16384 tokens (forward, and forward + both gradients of the training op vs a dense
    layer), the cost of compressing ``W`` (the ``weight_compression="step"`` overhead);
-3. a whole train step of a ViT-B-shaped MLP stack (sparsify with transposable 2:4 masks,
-   MVUE 2:4 gradients) with every layer on cuSPARSELt vs the same dense step.
+3. a whole train step of the GPT example (``examples/lm.py``'s model at GPT-2-small width,
+   8192 tokens, bfloat16; ``sparsify`` with transposable 2:4 masks refreshed inside the step,
+   ``sparsify_model(..., grad_sparsity=MVUE(2, 4), backend="cusparselt")``) against the same
+   sparse step on XLA and the dense step.
 
 Goals (issue 11): forward ≥ 1.2× dense at 8192³, ViT-B MLP fwd+bwd ≥ 1.1×, train step ≥ 1.05×.
 Elsewhere (CPU, or the extension missing) the section reports why it was skipped.
@@ -25,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxnm
 from jaxnm.kernels import cusparselt
@@ -174,55 +177,62 @@ def layer_speed(t: int, k: int, n: int, repeats: int) -> dict:
     return {"cusparselt_ms": 1e3 * t_ours, "dense_ms": 1e3 * t_dense, "ratio": t_dense / t_ours}
 
 
-def mlp_train_step(sizes, backend: str):
-    """``(step, params, state)``: a jitted train step of an MLP stack (sparsify, transposable
-    2:4, greedy refresh every 40 steps inside the step, MVUE 2:4 with cuSPARSELt)."""
-    keys = jax.random.split(jax.random.key(0), len(sizes))
-    params = {
-        f"l{i}": jax.random.normal(k, (a, b)).astype(DTYPE) * (1 / np.sqrt(a))
-        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=False))
-    }
-    tx = optax.chain(jaxnm.sparsify(2, 4, transposable=True, refresh_every=40), optax.sgd(1e-2))
-
-    def mvue(g, key):
-        return jaxnm.mvue(g, 2, 4, key, axis=0)
-
-    @jax.jit
-    def step(params, state, x, y):
-        def loss_fn(p):
-            masks = jaxnm.current_masks(state)
-            h = x
-            for i, name in enumerate(sorted(p)):
-                if backend == "cusparselt":
-                    key = jax.random.fold_in(jax.random.key(1), i)
-                    h = cusparselt.cusparselt_linear(h, p[name], masks[name], prune=mvue, key=key)
-                else:
-                    h = jnp.dot(h, p[name])
-                h = jax.nn.gelu(h) if i < len(p) - 1 else h
-            return jnp.mean((h.astype(jnp.float32) - y) ** 2)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
-
-    return step, params, tx.init(params)
+# The train step's model: the byte-level GPT of examples/lm.py at GPT-2-small width (dim 768,
+# 12 heads, 4 blocks), bfloat16 compute; 8 × 1024 = 8192 tokens a step. Smoke: a tiny one.
+GPT_SHAPE = {"dim": 768, "depth": 4, "heads": 12, "context": 1024}
+GPT_BATCH = 8
+GPT_SMOKE_SHAPE = {"dim": 64, "depth": 1, "heads": 4, "context": 64}
 
 
-def train_step_speed(tokens: int, repeats: int) -> dict:
-    """ViT-B-shaped MLP stack (768 → 3072 → 768, ×2) train step: cuSPARSELt vs dense."""
-    sizes = (768, 3072, 768, 3072, 768)
-    x = jax.random.normal(jax.random.key(2), (tokens, sizes[0])).astype(DTYPE)
-    y = jax.random.normal(jax.random.key(3), (tokens, sizes[-1]))
-    runs = {b: mlp_train_step(sizes, b) for b in ("cusparselt", "dense")}
-    (s1, p1, st1), (s0, p0, st0) = runs["cusparselt"], runs["dense"]
-    t_ours, t_dense = _time_pair(s1, s0, (p1, st1, x, y), (p0, st0, x, y), repeats, warmup=3)
-    loss = float(s1(p1, st1, x, y)[2])
-    return {
-        "cusparselt_ms": 1e3 * t_ours,
-        "dense_ms": 1e3 * t_dense,
-        "ratio": t_dense / t_ours,
-        "loss_finite": bool(np.isfinite(loss)),
-    }
+def gpt_train_step(backend: str, shape: dict = GPT_SHAPE, batch: int = GPT_BATCH):
+    """``(step, model, optimizer, data)`` of the GPT example's jitted train step.
+
+    ``backend``: ``"cusparselt"`` (``sparsify`` with transposable 2:4 masks, greedy refresh
+    every 40 steps inside the step, ``sparsify_model(..., grad_sparsity=MVUE(2, 4),
+    backend="cusparselt")``: forward, input and weight gradient of every block's four
+    ``nnx.Linear`` on cuSPARSELt), ``"xla"`` (the same sparse training on masked dense XLA
+    GEMMs) or ``"dense"`` (plain ``nnx.Optimizer``, no jaxnm). Same model, optimizer (adamw)
+    and data for all; bfloat16 compute, float32 parameters. ``data``: ``(inputs, labels)``
+    int32 ``(batch, context)`` byte windows.
+    """
+    import train_step as ts  # benchmarks/train_step.py: the model builders and the step
+
+    sparse = backend != "dense"
+    model, optimizer = ts.make(
+        sparse,
+        40,
+        jaxnm.MVUE(2, 4) if sparse else None,
+        (2, 4),
+        model_fn=ts.make_gpt,
+        backend="xla" if backend == "dense" else backend,
+        dtype=DTYPE,
+        **shape,
+    )
+    tokens = jax.random.randint(jax.random.key(4), (batch, shape["context"] + 1), 0, 256)
+    return ts.train_step, model, optimizer, (tokens[:, :-1], tokens[:, 1:])
+
+
+def train_step_speed(repeats: int, smoke: bool = False) -> dict:
+    """The GPT example's train step: cuSPARSELt vs the same sparse step on XLA vs dense
+    (alternating timed runs of each, medians; first call = compile, not timed)."""
+    shape, batch = (GPT_SMOKE_SHAPE, 2) if smoke else (GPT_SHAPE, GPT_BATCH)
+    out = {"model": {**shape, "batch": batch, "tokens": batch * shape["context"]}}
+    runs = {b: gpt_train_step(b, shape, batch) for b in ("cusparselt", "xla", "dense")}
+    losses = {}
+    for name, (step, model, optimizer, data) in runs.items():
+        losses[name] = float(step(model, optimizer, *data))  # compile + one step
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (step, model, optimizer, data) in runs.items():
+            start = time.perf_counter()
+            step(model, optimizer, *data).block_until_ready()
+            times[name].append(time.perf_counter() - start)
+    for name in runs:
+        out[f"{name}_ms"] = 1e3 * statistics.median(times[name])
+    out["ratio_vs_dense"] = out["dense_ms"] / out["cusparselt_ms"]
+    out["ratio_vs_xla_sparse"] = out["xla_ms"] / out["cusparselt_ms"]
+    out["loss_finite"] = all(np.isfinite(v) for v in losses.values())
+    return out
 
 
 def section(smoke: bool = False) -> dict:
@@ -251,7 +261,7 @@ def section(smoke: bool = False) -> dict:
         if smoke:
             break
     out["linear_shapes"] = shapes
-    out["train_step"] = train_step_speed(1024 if smoke else 8192, repeats)
+    out["train_step"] = train_step_speed(repeats, smoke=smoke)
     out["ok"] = out["ok"] and out["train_step"]["loss_finite"]
     return out
 

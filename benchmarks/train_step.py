@@ -76,11 +76,12 @@ class ViT(nnx.Module):
         return self.head(self.norm(x).mean(axis=1))
 
 
-def make_gpt(*, dim, depth, heads, context, rngs: nnx.Rngs):
+def make_gpt(*, dim, depth, heads, context, dtype=None, rngs: nnx.Rngs):
+    """The byte-level GPT of ``examples/lm.py``; ``dtype``: its compute dtype (params float32)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     from nmexamples.gpt import GPT
 
-    return GPT(context=context, dim=dim, depth=depth, heads=heads, rngs=rngs)
+    return GPT(context=context, dim=dim, depth=depth, heads=heads, dtype=dtype, rngs=rngs)
 
 
 def make(
@@ -89,8 +90,10 @@ def make(
     grad_sparsity: jaxnm.MVUE | None = None,
     nm: tuple[int, int] = (2, 4),
     model_fn=ViT,
+    backend: str = "xla",
     **shape,
 ):
+    """``(model, optimizer)``: dense, or sparse with ``sparsify_model(..., backend=backend)``."""
     model = model_fn(**shape, rngs=nnx.Rngs(0))
     opt = optax.adamw(1e-3)
     if sparse:
@@ -99,7 +102,9 @@ def make(
         opt = optax.chain(sparsify, opt)
     optimizer = (jaxnm.nnx.Optimizer if sparse else nnx.Optimizer)(model, opt, wrt=nnx.Param)
     if sparse:
-        jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=grad_sparsity, rngs=nnx.Rngs(1))
+        jaxnm.nnx.sparsify_model(
+            model, optimizer, grad_sparsity=grad_sparsity, rngs=nnx.Rngs(1), backend=backend
+        )
     return model, optimizer
 
 

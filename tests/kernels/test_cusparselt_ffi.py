@@ -111,20 +111,35 @@ def test_backward_compiles_for_gpu(extension, gpu_target):
 
 
 def check_train_step(targets: list[str], layers: int = 2) -> None:
-    # Three sparse GEMMs per layer, less the first layer's unused input gradient.
+    """An MLP stack's step: three sparse GEMMs a layer, less the first one's input gradient."""
     gemms = 3 * layers - 1
     assert targets.count(COMPRESS) == gemms and targets.count(MATMUL) == gemms, targets
 
 
 @pytest.mark.slow
 def test_device_check_train_step_compiles_for_gpu(extension, gpu_target):
-    """The device check's MLP train step (sparsify, transposable 2:4, greedy refresh in the
-    step, MVUE 2:4; layers called through cusparselt_linear) compiles deviceless."""
+    """The device check's train step (the GPT example, tiny: sparsify with transposable 2:4
+    masks refreshed in the step, MVUE 2:4, sparsify_model(backend="cusparselt")) compiles
+    deviceless with every block's four linears on cuSPARSELt; the dense step has none."""
     section = _device_check_section()
-    step, params, state = section.mlp_train_step((128, 256, 128), "cusparselt")
-    x = jax.ShapeDtypeStruct((128, 128), jnp.bfloat16)
-    y = jax.ShapeDtypeStruct((128, 128), jnp.float32)
-    check_train_step(custom_calls(step, gpu_target, params, state, x, y))
+    shape = section.GPT_SMOKE_SHAPE
+    for backend in ("cusparselt", "dense"):
+        step, model, optimizer, data = section.gpt_train_step(backend, shape, 2)
+        graphdef, state = nnx.split((model, optimizer))
+
+        def fn(state, inputs, labels, graphdef=graphdef, step=step):
+            model, optimizer = nnx.merge(graphdef, state)
+            loss = step(model, optimizer, inputs, labels)
+            return loss, nnx.state((model, optimizer))
+
+        targets = custom_calls(fn, gpu_target, state, *data)
+        if backend == "dense":
+            assert COMPRESS not in targets and MATMUL not in targets, targets
+        else:
+            # 4 linears a block, 3 sparse GEMMs each (the first linear's input gradient is
+            # needed too: its input is the residual stream).
+            gemms = 3 * 4 * shape["depth"]
+            assert targets.count(COMPRESS) == gemms and targets.count(MATMUL) == gemms, targets
 
 
 def test_unregistered_target_fails_to_compile(gpu_target):
@@ -207,3 +222,18 @@ def test_sparsify_model_train_step_compiles_for_gpu(extension, gpu_target):
     x = jax.ShapeDtypeStruct((128, 128), jnp.bfloat16)
     y = jax.ShapeDtypeStruct((128, 128), jnp.float32)
     check_train_step(custom_calls(step, gpu_target, state, x, y))
+
+
+def test_vmap_compiles_for_gpu(extension, gpu_target):
+    """``jax.vmap`` of compress + matmul (a batch of 3 layers) compiles deviceless: the
+    handlers run once per batch element (``vmap_method="sequential"``, a loop on the device)."""
+    x = jax.ShapeDtypeStruct((3, 64, 128), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((3, 128, 64), jnp.bfloat16)
+
+    def forward(x, w):
+        return cusparselt.matmul(cusparselt.compress(w.T), x, transpose_b=True)
+
+    hlo = compile_for_gpu(jax.vmap(forward), gpu_target, x, w).hlo
+    targets = re.findall(r'custom_call_target="([^"]+)"', hlo)
+    assert targets.count(COMPRESS) == 1 and targets.count(MATMUL) == 1, targets
+    assert re.search(r"\bwhile\(", hlo), "expected the sequential vmap loop"

@@ -23,6 +23,11 @@ import jax.numpy as jnp
 from jaxnm.kernels.cusparselt import layout
 from jaxnm.kernels.cusparselt.library import COMPRESS, MATMUL, SEARCH, load
 
+# ``jax.vmap`` of compress/matmul: one handler call per batch element, in a loop on the device
+# (the handlers take single matrices; cuSPARSELt's batched matmul needs equal strides per
+# batch and is not used).
+VMAP_METHOD = "sequential"
+
 
 @dataclasses.dataclass(frozen=True)
 class CusparseLtMatrix:
@@ -87,6 +92,7 @@ def compress(a: jax.Array, *, check: bool = True, interpret: bool = False) -> Cu
     data, invalid = jax.ffi.ffi_call(
         COMPRESS,
         (jax.ShapeDtypeStruct((nbytes,), jnp.uint8), jax.ShapeDtypeStruct((), jnp.int32)),
+        vmap_method=VMAP_METHOD,
     )(a, check=bool(check))
     return CusparseLtMatrix(data, invalid, rows, cols, dtype, False)
 
@@ -125,7 +131,9 @@ def matmul(
         )
     else:
         load()
-        d = jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct((n, a.rows), out_dtype))(
+        d = jax.ffi.ffi_call(
+            MATMUL, jax.ShapeDtypeStruct((n, a.rows), out_dtype), vmap_method=VMAP_METHOD
+        )(
             a.data,
             b,
             rows=a.rows,
