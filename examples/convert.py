@@ -82,14 +82,7 @@ def convert_run(
                 "magnitude_bn_acc": magnitude_bn_acc,
                 "adaprune_bn_acc": accuracy(rebuilt, ds.x_test, ds.y_test),
                 "convert_seconds": seconds,
-                "layers": [
-                    {
-                        "path": "/".join(map(str, r.path)),
-                        "magnitude_error": r.magnitude_error,
-                        "reconstructed_error": r.reconstructed_error,
-                    }
-                    for r in reports
-                ],
+                "layers": [r.as_record() for r in reports],
             }
         )
     return records

@@ -106,14 +106,7 @@ def convert_run(
                 "finetune_lr": finetune_lr,
                 "calibration_windows": calib_windows,
                 "adaprune_seconds": seconds,
-                "layers": [
-                    {
-                        "path": "/".join(map(str, r.path)),
-                        "magnitude_error": r.magnitude_error,
-                        "reconstructed_error": r.reconstructed_error,
-                    }
-                    for r in reports
-                ],
+                "layers": [r.as_record() for r in reports],
             }
         )
     return records

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnm._checks import check_nm
-from jaxnm._params import Include, Path, default_include
+from jaxnm._params import Include, Path, default_include, format_path
 from jaxnm.convert.least_squares import (
     conv_gram,
     dense_gram,
@@ -42,6 +42,14 @@ class LayerReport(NamedTuple):
     kernel_shape: tuple[int, ...]
     magnitude_error: float
     reconstructed_error: float
+
+    def as_record(self) -> dict:
+        """A JSON-ready ``{"path": "a/b", "magnitude_error", "reconstructed_error"}``."""
+        return {
+            "path": format_path(self.path),
+            "magnitude_error": float(self.magnitude_error),
+            "reconstructed_error": float(self.reconstructed_error),
+        }
 
 
 def target_layers(
