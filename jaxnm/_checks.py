@@ -113,7 +113,7 @@ def check_nonnegative_scalar(value, name: str) -> bool:
       ``True`` otherwise. Raises ``ValueError`` for a negative Python number or a non-scalar.
     """
     if isinstance(value, (int, float)):
-        if value < 0:
+        if not value >= 0:
             raise ValueError(f"`{name}` must be >= 0, got {value}.")
         return value != 0
     if jnp.ndim(value) != 0:

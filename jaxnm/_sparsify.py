@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxnm._checks import check_int, check_nm
+from jaxnm._checks import check_int, check_nm, check_nonnegative_scalar
 from jaxnm._params import Include, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
@@ -133,12 +133,10 @@ def sparsify(
         raise TypeError(f"`transposable` must be a bool, got {transposable!r}.")
     if not isinstance(dense_tail, bool):
         raise TypeError(f"`dense_tail` must be a bool, got {dense_tail!r}.")
-    if isinstance(srste, (int, float)) and not srste >= 0:
-        raise ValueError(f"`srste` (={srste}) must be >= 0.")
+    use_srste = check_nonnegative_scalar(srste, "srste")
     if include is not None and not callable(include):
         raise TypeError(f"`include` must be a callable (path, leaf) -> bool, got {include!r}.")
     solver = resolve_solver(method)
-    use_srste = not (isinstance(srste, (int, float)) and srste == 0)
 
     def solve_packed(masks: Any, params: Any) -> Any:
         return _solve_packed_tree(masks, params, n, m, transposable, solver)

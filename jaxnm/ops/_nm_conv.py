@@ -5,11 +5,13 @@ Forward ``Y = conv(lhs, rhs ⊙ mask)``. Backward (``jax.custom_vjp``), as for
 
 * input gradient: the transpose of the convolution with the masked kernel;
 * kernel gradient: the transpose of the convolution w.r.t. the kernel applied to
-  ``prune(dY)``, straight through to the dense kernel, plus ``srste·(1 − mask) ⊙ rhs``;
-  ``prune`` is MVUE in groups of ``m`` consecutive output positions along the row-major
-  flattening of all non-feature output axes (``N·H·W`` for ``NHWC``), per output channel; a
-  ragged tail of ``N·H·W mod m`` positions stays dense;
-* no gradient to ``mask``, ``key`` or ``srste``.
+  ``prune(dY)``, straight through to the dense kernel; ``prune`` is MVUE in groups of ``m``
+  consecutive output positions along the row-major flattening of all non-feature output axes
+  (``N·H·W`` for ``NHWC``), per output channel; a ragged tail of ``N·H·W mod m`` positions
+  stays dense;
+* no gradient to ``mask`` or ``key``.
+
+SR-STE is configured in :func:`jaxnm.sparsify` (``srste=``), not in the op.
 
 For a Flax Conv kernel ``(kh, kw, in, out)`` the N:M mask groups run along ``in`` (axis -2).
 """
@@ -24,10 +26,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
 from jaxnm.ops._grad_prune import check_grad_sparsity, prune_tokens
+from jaxnm.ops._masked_linear import (
+    canonical_precision,
+    check_operands,
+    masked_linear,
+    transpose_in_rhs,
+)
 from jaxnm.ops._mvue import MVUE
-from jaxnm.ops._nm_dot_general import masked_linear, transpose_in_rhs
 
 
 class _ConvConfig(NamedTuple):
@@ -42,7 +48,6 @@ class _ConvConfig(NamedTuple):
     precision: Any
     preferred_element_type: Any
     spec: MVUE | None
-    use_srste: bool
 
     def apply(self, lhs, rhs):
         """The convolution these settings describe."""
@@ -90,7 +95,6 @@ def nm_conv(
     out_sharding=None,
     grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
-    srste: float | jax.Array = 0.0,
 ) -> jax.Array:
     """``lax.conv_general_dilated(lhs, rhs ⊙ mask, ...)`` with the N:M training backward pass.
 
@@ -110,26 +114,20 @@ def nm_conv(
       grad_sparsity: ``None`` or a :class:`jaxnm.MVUE`: prune ``dY`` along the flattened
         batch·spatial output positions before the kernel gradient.
       key: PRNG key, required when ``grad_sparsity`` is set. Fold in the step and layer id.
-      srste: SR-STE weight ``λ >= 0``; adds ``λ·(1 − mask) ⊙ rhs`` to the kernel gradient.
 
     Returns:
       The convolution output in the layout of ``dimension_numbers[2]``.
 
     Raises:
-      ValueError: ``mask.shape != rhs.shape``, non-floating operands, ``grad_sparsity``
-        without ``key``, or a negative ``srste``.
+      ValueError: ``mask.shape != rhs.shape``, non-floating operands or ``grad_sparsity``
+        without ``key``.
       TypeError: ``grad_sparsity`` neither ``None`` nor a :class:`jaxnm.MVUE`.
     """
     if batch_group_count != 1:
         raise ValueError(f"`batch_group_count` must be 1, got {batch_group_count}.")
     if out_sharding is not None:
         raise ValueError(f"`out_sharding` is not supported, got {out_sharding!r}.")
-    check_floating(lhs, "lhs")
-    check_floating(rhs, "rhs")
-    check_mask_like(mask, rhs, w_name="rhs")
-    mask = jnp.asarray(mask)
-    spec = check_grad_sparsity(grad_sparsity, key)
-    use_srste = check_nonnegative_scalar(srste, "srste")
+    ops = check_operands(lhs, rhs, mask, grad_sparsity, key)
     cfg = _ConvConfig(
         window_strides=tuple(int(s) for s in window_strides),
         padding=padding if isinstance(padding, str) else tuple(tuple(p) for p in padding),
@@ -137,19 +135,11 @@ def nm_conv(
         rhs_dilation=None if rhs_dilation is None else tuple(rhs_dilation),
         dimension_numbers=lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers),
         feature_group_count=int(feature_group_count),
-        precision=tuple(precision) if isinstance(precision, list) else precision,
+        precision=canonical_precision(precision),
         preferred_element_type=preferred_element_type,
-        spec=spec,
-        use_srste=use_srste,
+        spec=ops.spec,
     )
-    return masked_linear(
-        cfg,
-        lhs,
-        rhs,
-        mask,
-        key if spec is not None else None,
-        jnp.asarray(srste, jnp.float32) if use_srste else None,
-    )
+    return masked_linear(cfg, lhs, rhs, ops.mask, ops.key)
 
 
 def nm_conv_fn(
@@ -157,7 +147,6 @@ def nm_conv_fn(
     *,
     grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
-    srste: float | jax.Array = 0.0,
 ) -> Callable[..., jax.Array]:
     """Closes :func:`nm_conv` over a mask and key, for Flax ``conv_general_dilated=`` seams.
 
@@ -168,7 +157,7 @@ def nm_conv_fn(
 
     Args:
       mask: mask of the kernel's shape.
-      grad_sparsity, key, srste: see :func:`nm_conv`.
+      grad_sparsity, key: see :func:`nm_conv`.
 
     Returns:
       A drop-in replacement for ``lax.conv_general_dilated`` (``batch_group_count`` must be 1
@@ -206,7 +195,6 @@ def nm_conv_fn(
             out_sharding=out_sharding,
             grad_sparsity=grad_sparsity,
             key=key,
-            srste=srste,
         )
 
     return conv_general_dilated

@@ -4,9 +4,12 @@ Forward ``Y = lhs · (rhs ⊙ mask)``. Backward (``jax.custom_vjp``):
 
 * input gradient ``dlhs = dY · (rhs ⊙ mask)ᵀ``: with a transposable mask, N:M along ``out``;
 * weight gradient ``drhs = lhsᵀ · prune(dY)``, passed straight through to the dense ``rhs``
-  (STE, so masks can change), plus ``srste·(1 − mask) ⊙ rhs`` (SR-STE) when ``srste`` is given;
-  ``prune`` is MVUE along the token axes of ``dY`` (see :mod:`jaxnm.ops._grad_prune`);
-* no gradient to ``mask`` (zeros; ``float0`` for a bool mask), ``key`` or ``srste``.
+  (STE, so masks can change); ``prune`` is MVUE along the token axes of ``dY`` (see
+  :mod:`jaxnm.ops._grad_prune`);
+* no gradient to ``mask`` (zeros; ``float0`` for a bool mask) or ``key``.
+
+SR-STE is configured in :func:`jaxnm.sparsify` (``srste=``), not here: it adds its decay to
+the gradient of the dense parameter, whichever op or layer uses it.
 
 The input gradient is ``jax.linear_transpose`` of the forward contraction; the weight
 gradient is one transpose-free ``dot_general`` (:meth:`_DotConfig.weight_grad`). Any
@@ -20,7 +23,6 @@ two layers correlates their pruning noise (still unbiased per layer).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -29,10 +31,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm._checks import check_floating, check_mask_like, check_nonnegative_scalar
 from jaxnm._sharding import explicit_sharding, reshape
 from jaxnm.kernels.cusparselt.dot_general import cusparselt_dot_general
 from jaxnm.ops._grad_prune import TokenPruner, check_grad_sparsity, prune_tokens
+from jaxnm.ops._masked_linear import (
+    canonical_precision,
+    check_operands,
+    masked_linear,
+    transpose_in_rhs,
+)
 from jaxnm.ops._mvue import MVUE
 
 OpBackend = Literal["xla", "cusparselt"]
@@ -47,7 +54,6 @@ class _DotConfig(NamedTuple):
     preferred_element_type: Any
     out_sharding: Any
     spec: MVUE | None  # None: dense weight gradient
-    use_srste: bool
 
     def apply(self, lhs, rhs):
         """The linear map ``lhs · rhs`` these settings describe."""
@@ -130,7 +136,6 @@ def nm_dot_general(
     *,
     grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
-    srste: float | jax.Array = 0.0,
     precision=None,
     preferred_element_type=None,
     out_sharding=None,
@@ -154,8 +159,6 @@ def nm_dot_general(
         consecutive tokens, per batch index and output feature) before ``lhsᵀ · dY``. A
         ragged tail of ``T mod m`` tokens stays dense.
       key: PRNG key, required when ``grad_sparsity`` is set. Fold in the step and layer id.
-      srste: SR-STE weight ``λ >= 0`` (Python float or traced scalar); adds
-        ``λ·(1 − mask) ⊙ rhs`` to the weight gradient. BRIEF default is ``2e-4``.
       precision: passed to ``lax.dot_general`` for all three GEMMs.
       preferred_element_type: accumulation/output dtype of the GEMMs (e.g. ``jnp.float32``
         with bfloat16 operands). Gradients are returned in the operands' dtypes.
@@ -171,8 +174,8 @@ def nm_dot_general(
       axes, then rhs free axes.
 
     Raises:
-      ValueError: ``mask.shape != rhs.shape``, non-floating operands, ``grad_sparsity``
-        without ``key``, or a negative ``srste``.
+      ValueError: ``mask.shape != rhs.shape``, non-floating operands or ``grad_sparsity``
+        without ``key``.
       TypeError: ``grad_sparsity`` neither ``None`` nor a :class:`jaxnm.MVUE`.
 
     Example:
@@ -185,43 +188,30 @@ def nm_dot_general(
       >>> dw = jax.grad(lambda w: jaxnm.ops.nm_dot_general(
       ...     x, w, mask, dn, grad_sparsity=jaxnm.MVUE(2, 4), key=jax.random.key(0)).sum())(w)
     """
-    check_floating(lhs, "lhs")
-    check_floating(rhs, "rhs")
-    check_mask_like(mask, rhs, w_name="rhs")
-    mask = jnp.asarray(mask)
-    spec = check_grad_sparsity(grad_sparsity, key)
-    use_srste = check_nonnegative_scalar(srste, "srste")
+    ops = check_operands(lhs, rhs, mask, grad_sparsity, key)
+    dimension_numbers = _normalize_dimension_numbers(dimension_numbers)
     if backend not in OP_BACKENDS:
         raise ValueError(f"`backend` (={backend!r}) must be one of {OP_BACKENDS}.")
     if backend == "cusparselt":
         return cusparselt_dot_general(
             lhs,
             rhs,
-            mask,
-            _normalize_dimension_numbers(dimension_numbers),
-            prune=None if spec is None else TokenPruner(spec),
-            key=key if spec is not None else None,
-            srste=srste,
+            ops.mask,
+            dimension_numbers,
+            prune=None if ops.spec is None else TokenPruner(ops.spec),
+            key=ops.key,
             preferred_element_type=preferred_element_type,
             out_sharding=out_sharding,
             interpret=interpret,
         )
     cfg = _DotConfig(
-        dimension_numbers=_normalize_dimension_numbers(dimension_numbers),
-        precision=tuple(precision) if isinstance(precision, list) else precision,
+        dimension_numbers=dimension_numbers,
+        precision=canonical_precision(precision),
         preferred_element_type=preferred_element_type,
         out_sharding=out_sharding,
-        spec=spec,
-        use_srste=use_srste,
+        spec=ops.spec,
     )
-    return masked_linear(
-        cfg,
-        lhs,
-        rhs,
-        mask,
-        key if spec is not None else None,
-        jnp.asarray(srste, jnp.float32) if use_srste else None,
-    )
+    return masked_linear(cfg, lhs, rhs, ops.mask, ops.key)
 
 
 def nm_linear(
@@ -231,7 +221,6 @@ def nm_linear(
     *,
     grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
-    srste: float | jax.Array = 0.0,
     precision=None,
     preferred_element_type=None,
     backend: OpBackend = "xla",
@@ -245,7 +234,7 @@ def nm_linear(
       w: ``(in, out)`` floating kernel (Flax Dense layout).
       mask: ``(in, out)`` bool or numeric mask, N:M along ``in`` (axis ``-2``) or
         transposable.
-      grad_sparsity, key, srste, precision, preferred_element_type, backend, interpret: see
+      grad_sparsity, key, precision, preferred_element_type, backend, interpret: see
         :func:`nm_dot_general`.
 
     Returns:
@@ -266,7 +255,6 @@ def nm_linear(
         dn,
         grad_sparsity=grad_sparsity,
         key=key,
-        srste=srste,
         precision=precision,
         preferred_element_type=preferred_element_type,
         backend=backend,
@@ -279,7 +267,6 @@ def nm_dot_general_fn(
     *,
     grad_sparsity: MVUE | None = None,
     key: jax.Array | None = None,
-    srste: float | jax.Array = 0.0,
     backend: OpBackend = "xla",
     interpret: bool = False,
 ) -> Callable[..., jax.Array]:
@@ -293,7 +280,7 @@ def nm_dot_general_fn(
 
     Args:
       mask: mask of the kernel's shape.
-      grad_sparsity, key, srste, backend, interpret: see :func:`nm_dot_general`.
+      grad_sparsity, key, backend, interpret: see :func:`nm_dot_general`.
 
     Returns:
       ``fn(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
@@ -311,7 +298,6 @@ def nm_dot_general_fn(
             dimension_numbers,
             grad_sparsity=grad_sparsity,
             key=key,
-            srste=srste,
             precision=precision,
             preferred_element_type=preferred_element_type,
             out_sharding=out_sharding,
@@ -320,19 +306,6 @@ def nm_dot_general_fn(
         )
 
     return dot_general
-
-
-def apply_mask(w: jax.Array, mask: jax.Array) -> jax.Array:
-    """``w ⊙ mask`` in ``w``'s dtype: ``where(mask, w, 0)`` for bool, else ``w * mask``."""
-    if mask.dtype == jnp.bool_:
-        return jnp.where(mask, w, jnp.zeros((), w.dtype))
-    return w * mask.astype(w.dtype)
-
-
-def srste_term(w: jax.Array, mask: jax.Array, srste: jax.Array) -> jax.Array:
-    """SR-STE decay ``srste·(1 − mask) ⊙ w`` in ``w``'s dtype."""
-    pruned = ~mask if mask.dtype == jnp.bool_ else 1 - mask
-    return (srste * pruned.astype(jnp.float32) * w.astype(jnp.float32)).astype(w.dtype)
 
 
 def _normalize_dimension_numbers(dn) -> tuple:
@@ -347,55 +320,3 @@ def _normalize_dimension_numbers(dn) -> tuple:
             "`dimension_numbers` must be ((lhs_contracting, rhs_contracting), "
             f"(lhs_batch, rhs_batch)), got {dn!r}."
         ) from None
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def masked_linear(cfg, lhs, rhs, mask, key, srste):
-    """``cfg.apply(lhs, rhs ⊙ mask)`` with the N:M training backward pass.
-
-    Shared by :func:`nm_dot_general` and :func:`jaxnm.ops.nm_conv`. ``cfg`` is a hashable
-    settings object with ``apply(lhs, rhs)`` (a linear map in each argument),
-    ``prune_output(g, lhs_ndim, key)`` (MVUE of ``dY`` along its token axes), ``spec``,
-    ``use_srste`` and ``weight_grad(lhs, g, rhs)`` (the transposed map in ``rhs``, e.g.
-    :func:`transpose_in_rhs`).
-    Backward: ``dlhs`` through ``rhs ⊙ mask``; ``drhs`` from the pruned ``dY`` (when ``spec``
-    is set), straight through to the dense ``rhs``, plus the SR-STE term; no gradient for
-    ``mask``, ``key`` or ``srste``.
-    """
-    del key, srste
-    return cfg.apply(lhs, apply_mask(rhs, mask))
-
-
-def _masked_linear_fwd(cfg, lhs, rhs, mask, key, srste):
-    return cfg.apply(lhs, apply_mask(rhs, mask)), (lhs, rhs, mask, key, srste)
-
-
-def _masked_linear_bwd(cfg, res, g):
-    lhs, rhs, mask, key, srste = res
-    w_eff = apply_mask(rhs, mask)
-    (dlhs,) = jax.linear_transpose(lambda x: cfg.apply(x, w_eff), lhs)(g)
-    if cfg.spec is not None:
-        g = cfg.prune_output(g, lhs.ndim, key)
-    drhs = cfg.weight_grad(lhs, g, rhs)
-    if cfg.use_srste:
-        drhs = drhs + srste_term(rhs, mask, srste)
-    return dlhs, drhs, None, None, None
-
-
-masked_linear.defvjp(_masked_linear_fwd, _masked_linear_bwd)
-
-
-def transpose_in_rhs(apply, lhs, g, rhs):
-    """``∂apply(lhs, rhs)/∂rhs`` applied to ``g`` by ``jax.linear_transpose`` of ``apply``.
-
-    Args:
-      apply: ``(lhs, rhs) -> out``, linear in ``rhs``.
-      lhs: the fixed first argument.
-      g: cotangent of the output, shaped like ``apply(lhs, rhs)``.
-      rhs: the point (only its shape and dtype matter).
-
-    Returns:
-      the cotangent of ``rhs``, shaped like ``rhs``.
-    """
-    (drhs,) = jax.linear_transpose(lambda w: apply(lhs, w), rhs)(g)
-    return drhs

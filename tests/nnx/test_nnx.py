@@ -129,6 +129,25 @@ def test_gradients_are_straight_through_with_transposed_mask():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_op, g_ste)
 
 
+def test_srste_is_added_once():
+    """SR-STE lives in jaxnm.sparsify only: the layers' ops add nothing, so one NNX step
+    moves a sparsified kernel by exactly ``-(grad + λ·(1 − mask)·w)``."""
+    lam = 0.25
+    model = MLP(nnx.Rngs(1))
+    tx = optax.chain(jaxnm.sparsify(N, M, srste=lam), optax.sgd(1.0))
+    optimizer = jaxnm.nnx.Optimizer(model, tx, wrt=nnx.Param)
+    jaxnm.nnx.sparsify_model(model, optimizer)
+    x, y = _task(MLP)
+    mask = jaxnm.current_masks(optimizer.opt_state)["l2"]["kernel"]
+    w0 = model.l2.kernel[...]
+    grads = nnx.grad(lambda mdl: jnp.mean((mdl(x) - y) ** 2))(model)
+    optimizer.update(model, grads)
+    expected = w0 - (grads["l2"]["kernel"][...] + lam * jnp.where(mask, 0.0, w0))
+    np.testing.assert_allclose(model.l2.kernel[...], expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match="srste"):
+        jaxnm.ops.nm_linear(x, w0[:6], mask[:6], srste=lam)
+
+
 def test_nnx_orbax_round_trip(tmp_path):
     """Save model + optimizer mid-run, run on, restore the checkpoint over both and rerun:
     the later losses and the final state are bit-identical."""

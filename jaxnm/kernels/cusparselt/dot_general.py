@@ -23,7 +23,6 @@ def cusparselt_dot_general(
     *,
     prune: Callable[[jax.Array, jax.Array], jax.Array] | None,
     key: jax.Array | None,
-    srste: float | jax.Array,
     preferred_element_type=None,
     out_sharding=None,
     interpret: bool = False,
@@ -35,7 +34,7 @@ def cusparselt_dot_general(
       rhs: ``(K, N)`` kernel of ``lhs``'s dtype; ``mask`` of its shape, transposable 2:4.
       dimension_numbers: normalised ``((lhs_contracting, rhs_contracting), (lhs_batch,
         rhs_batch))``; must be ``(((lhs.ndim - 1,), (0,)), ((), ()))``.
-      prune, key, srste, interpret: see :func:`cusparselt_linear`.
+      prune, key, interpret: see :func:`cusparselt_linear`.
       preferred_element_type: ``None`` or ``lhs.dtype`` (cuSPARSELt returns the operand
         dtype, accumulating in float32).
       out_sharding: must be ``None`` (shard with
@@ -61,4 +60,4 @@ def cusparselt_dot_general(
             "backend='cusparselt' takes no out_sharding; use "
             "jaxnm.kernels.cusparselt.sharded_cusparselt_linear on sharded arrays."
         )
-    return cusparselt_linear(lhs, rhs, mask, prune=prune, key=key, srste=srste, interpret=interpret)
+    return cusparselt_linear(lhs, rhs, mask, prune=prune, key=key, interpret=interpret)

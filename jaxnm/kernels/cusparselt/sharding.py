@@ -44,7 +44,7 @@ def sharded_cusparselt_linear(
       token_axis: mesh axis splitting ``x``'s tokens (``T`` divisible by its size), or None.
       out_axis: mesh axis splitting ``w``/``mask`` along ``N`` (divisible by its size), or None.
       key: PRNG key for ``prune`` (replicated; folded with the token-shard index).
-      **kwargs: the other keyword arguments of ``cusparselt_linear`` (``prune``, ``srste``,
+      **kwargs: the other keyword arguments of ``cusparselt_linear`` (``prune``,
         ``check``, ``alg_ids``, ``interpret``). ``weight_compression="refresh"`` is not
         supported here.
 

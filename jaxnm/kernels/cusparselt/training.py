@@ -11,7 +11,8 @@ emulation (``interpret=True``); not yet run or timed on a GPU.
 * weight gradient: ``dW = xᵀ · prune(dy)`` with the pruned ``dyᵀ (N, T)`` compressed at run
   time, 2:4 along tokens. ``prune`` must keep at most 2 of every 4 consecutive tokens: MVUE
   2:4 (exact or approximate) or MVUE 1:2. Without ``prune`` the weight gradient is a dense
-  XLA GEMM. The gradient reaches the dense ``w`` straight through (STE), plus SR-STE.
+  XLA GEMM. The gradient reaches the dense ``w`` straight through (STE); SR-STE
+  is added by :func:`jaxnm.sparsify` (``srste=``), not here.
 
 Tokens are zero-padded to a multiple of 16 (cuSPARSELt's dimension rule for the sparse
 ``dyᵀ``); padded rows give zero outputs and gradients, and an MVUE group that mixes real and
@@ -67,7 +68,6 @@ DEFAULT_ALG_IDS = AlgIds()
 @dataclasses.dataclass(frozen=True)
 class _Config:
     prune: Callable[[jax.Array, jax.Array], jax.Array] | None
-    use_srste: bool
     check: bool
     alg_ids: AlgIds
     interpret: bool
@@ -101,7 +101,6 @@ def cusparselt_linear(
     *,
     prune: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     key: jax.Array | None = None,
-    srste: float | jax.Array = 0.0,
     weight_compression: WeightCompression = "step",
     compressed: CusparseLtWeight | None = None,
     check: bool = True,
@@ -120,7 +119,6 @@ def cusparselt_linear(
         ``None``: dense XLA weight gradient. Must be hashable (a module-level function or
         frozen dataclass) so that jit caches.
       key: PRNG key for ``prune``.
-      srste: SR-STE weight ``λ >= 0``: adds ``λ·(1 − mask) ⊙ w`` to the weight gradient.
       weight_compression: ``"step"`` or ``"refresh"`` (then pass ``compressed``).
       compressed: :func:`compress_weight` of the current ``w``/``mask`` (``"refresh"`` only).
       check: device-side 2:4 checks of every compressed operand (NaN results on violation).
@@ -148,16 +146,13 @@ def cusparselt_linear(
         raise ValueError("`key` is required with `prune` (MVUE is stochastic), got None.")
     if not isinstance(alg_ids, AlgIds):
         raise TypeError(f"`alg_ids` must be an AlgIds, got {type(alg_ids).__name__}.")
-    use_srste = not (isinstance(srste, (int, float)) and srste == 0)
-    if isinstance(srste, (int, float)) and srste < 0:
-        raise ValueError(f"`srste` must be >= 0, got {srste}.")
-    cfg = _Config(prune, use_srste, bool(check), alg_ids, bool(interpret))
+    cfg = _Config(prune, bool(check), alg_ids, bool(interpret))
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     tokens = x2.shape[0]
     padded = -(-tokens // TOKEN_MULTIPLE) * TOKEN_MULTIPLE
     x2 = jnp.pad(x2, ((0, padded - tokens), (0, 0)))
-    y = _linear(cfg, x2, w, mask, key, jnp.asarray(srste, jnp.float32), compressed)
+    y = _linear(cfg, x2, w, mask, key, compressed)
     return y[:tokens].reshape(*lead, n_out)
 
 
@@ -183,7 +178,7 @@ def _masked(w: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _linear(cfg, x, w, mask, key, srste, compressed):
+def _linear(cfg, x, w, mask, key, compressed):
     return _forward(cfg, x, w, mask, compressed)
 
 
@@ -195,12 +190,12 @@ def _forward(cfg: _Config, x, w, mask, compressed):
     return matmul(a, x, transpose_b=True, alg_id=cfg.alg_ids.forward)
 
 
-def _linear_fwd(cfg, x, w, mask, key, srste, compressed):
-    return _forward(cfg, x, w, mask, compressed), (x, w, mask, key, srste, compressed)
+def _linear_fwd(cfg, x, w, mask, key, compressed):
+    return _forward(cfg, x, w, mask, compressed), (x, w, mask, key, compressed)
 
 
 def _linear_bwd(cfg, res, g):
-    x, w, mask, key, srste, compressed = res
+    x, w, mask, key, compressed = res
     g = g.astype(x.dtype)
     if compressed is not None:
         a_dx = compressed.input_grad
@@ -213,11 +208,7 @@ def _linear_bwd(cfg, res, g):
         g_pruned = cfg.prune(g, key)
         a_dw = compress(g_pruned.T, check=cfg.check, interpret=cfg.interpret)  # (N, T)
         dw = matmul(a_dw, x, transpose_b=False, alg_id=cfg.alg_ids.weight_grad)  # (K, N)
-    dw = dw.astype(jnp.float32)
-    if cfg.use_srste:
-        pruned = 1 - mask.astype(bool).astype(jnp.float32)
-        dw = dw + srste * pruned * w.astype(jnp.float32)
-    return dx.astype(x.dtype), dw.astype(w.dtype), None, None, None, None
+    return dx.astype(x.dtype), dw.astype(w.dtype), None, None, None
 
 
 _linear.defvjp(_linear_fwd, _linear_bwd)
