@@ -74,19 +74,44 @@ def check_group_axis(shape: tuple[int, ...], axis: int, m: int, name: str = "w")
     return axis
 
 
+def tiling_problem(shape: tuple[int, ...], m: int, transposable: bool = True) -> str | None:
+    """The tiling rule of N:M kernel masks: why a weight of ``shape`` cannot carry one.
+
+    Transposable masks tile the last two axes into ``m x m`` blocks (both multiples of
+    ``m``); plain N:M kernel masks group axis ``-2`` (``in``) by ``m``. Rank >= 2 either way.
+
+    Returns:
+      None when the shape tiles, else a short reason such as
+      ``"axes (6, 8) not multiples of m=4"``.
+    """
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return "rank < 2"
+    rows, cols = shape[-2:]
+    if rows % m or (transposable and cols % m):
+        return (
+            f"axes {shape[-2:]} not multiples of m={m}"
+            if transposable
+            else f"axis -2 ({rows}) not a multiple of m={m}"
+        )
+    return None
+
+
 def check_tileable(shape: tuple[int, ...], m: int, name: str = "w") -> None:
-    """Checks that the last two axes of ``shape`` tile into ``m x m`` blocks."""
+    """Checks that the last two axes of ``shape`` tile into ``m x m`` blocks
+    (:func:`tiling_problem`)."""
+    if tiling_problem(shape, m) is None:
+        return
     if len(shape) < 2:
         raise ValueError(
             f"`{name}` has shape {shape}: transposable N:M masks need rank >= 2 "
             "(the last two axes are tiled into m x m blocks)."
         )
     rows, cols = shape[-2:]
-    if rows % m or cols % m:
-        raise ValueError(
-            f"`{name}` has shape {shape}: the last two axes ({rows}, {cols}) must both be "
-            f"multiples of m={m} to tile into {m}x{m} blocks."
-        )
+    raise ValueError(
+        f"`{name}` has shape {shape}: the last two axes ({rows}, {cols}) must both be "
+        f"multiples of m={m} to tile into {m}x{m} blocks."
+    )
 
 
 def check_mask_like(mask, w, mask_name: str = "mask", w_name: str = "w") -> None:

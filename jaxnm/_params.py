@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnm._checks import tiling_problem
+
 Path = tuple[Any, ...]
 Include = Callable[[Path, jax.Array], bool]
 
@@ -57,15 +59,9 @@ def default_include(m: int, transposable: bool) -> Include:
 
 def default_skip_reason(path: Path, leaf, m: int, transposable: bool) -> str | None:
     """Why the default selection leaves ``leaf`` dense (None: it is selected)."""
-    shape = tuple(np.shape(leaf))
     if not path or path[-1] != "kernel":
         return "not named 'kernel'"
-    if len(shape) < 2:
-        return "rank < 2"
-    if shape[-2] % m or (transposable and shape[-1] % m):
-        need = f"axes {shape[-2:]}" if transposable else f"axis -2 ({shape[-2]})"
-        return f"{need} not multiples of m={m}"
-    return None
+    return tiling_problem(np.shape(leaf), m, transposable)
 
 
 class Skipped(NamedTuple):
@@ -117,13 +113,10 @@ def select_leaves(
         where = f"parameter `{format_path(names)}` (path {names!r}, shape {shape})"
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise ValueError(f"{where} is selected by `include` but is not floating.")
-        if len(shape) < 2:
-            raise ValueError(f"{where} is selected by `include` but has rank < 2.")
-        rows, cols = shape[-2:]
-        if rows % m or (transposable and cols % m):
-            need = "its last two axes" if transposable else "its axis -2"
+        problem = tiling_problem(shape, m, transposable)
+        if problem is not None:
             raise ValueError(
-                f"{where} is selected by `include` but {need} are not multiples of m={m}; "
+                f"{where} is selected by `include` but does not tile: {problem}; "
                 "exclude it with `include` or pad it."
             )
         return True

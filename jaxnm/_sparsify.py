@@ -43,8 +43,7 @@ from jaxnm._checks import check_int, check_nm, check_nonnegative_scalar
 from jaxnm._params import Include, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
-from jaxnm.masks.layers import layer_masks
-from jaxnm.masks.nm import nm_mask
+from jaxnm.masks.kernel import kernel_masks
 from jaxnm.masks.packing import MAX_GROUP, pack, packed_shape, unpack, word_dtype
 from jaxnm.masks.solvers import MaskMethod, Solver, resolve_solver
 
@@ -205,16 +204,14 @@ def _solve_packed_tree(masks: Any, params: Any, n: int, m: int, transposable: bo
 def _solve_packed(ws: tuple, *, n: int, m: int, transposable: bool, solver) -> list:
     """Packed masks of the weights ``ws``, one compiled call for all of them.
 
-    Transposable: :func:`jaxnm.masks.layers.layer_masks` solves the tiles of every weight
+    :func:`jaxnm.masks.kernel.kernel_masks`; transposable:
+    :func:`jaxnm.masks.layers.layer_masks` solves the tiles of every weight
     in one solver call (on one device: one flat batch, whatever the kernel shapes; where
     weights may be sharded: every tile grid kept, so no tile leaves its device). A jitted
     module-level function, so compiled solvers are cached by shapes and settings across
     :func:`sparsify` instances, and ``init`` and the refresh branch trace the same code.
     """
-    if transposable:
-        masks = layer_masks(ws, n, m, solver)
-    else:
-        masks = [nm_mask(w, n, m, axis=-2) for w in ws]
+    masks = kernel_masks(ws, n, m, transposable=transposable, solver=solver)
     return [pack(mask, m) for mask in masks]
 
 

@@ -17,7 +17,6 @@ models in place and run eagerly (:mod:`jaxnm.convert.nnx`).
 from jaxnm.convert.least_squares import (
     conv_gram,
     dense_gram,
-    kernel_mask,
     masked_least_squares,
     reconstruction_error,
 )
@@ -28,6 +27,7 @@ from jaxnm.convert.nnx import (
     recalibrate_batch_norm,
     target_layers,
 )
+from jaxnm.masks.kernel import kernel_mask
 
 __all__ = [
     "LayerReport",

@@ -22,8 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnm.masks import MaskMethod, Solver, nm_mask, transposable_mask
-
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -158,27 +156,6 @@ def reconstruction_error(gram: jax.Array, w: jax.Array, w_new: jax.Array) -> jax
     num = jnp.sum(delta * jnp.matmul(g, delta, precision=_HIGHEST))
     den = jnp.sum(dense * jnp.matmul(g, dense, precision=_HIGHEST))
     return num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny)
-
-
-def kernel_mask(
-    kernel: jax.Array, n: int, m: int, *, transposable: bool, method: MaskMethod | Solver = "auto"
-):
-    """The magnitude mask of a Flax kernel: N:M along ``in`` (axis -2), or transposable.
-
-    Args:
-      kernel: ``(in, out)`` or ``(kh, kw, in, out)`` floating kernel.
-      n, m: keep ``n`` of every ``m``.
-      transposable: tile the last two axes into ``m x m`` blocks with ``n`` kept per row and
-        column (see :func:`jaxnm.transposable_mask`); otherwise :func:`jaxnm.nm_mask` along
-        ``in``.
-      method: transposable solver: a name in :data:`jaxnm.masks.SOLVERS` or a solver callable.
-
-    Returns:
-      bool array of ``kernel``'s shape.
-    """
-    if transposable:
-        return transposable_mask(kernel, n, m, method=method)
-    return nm_mask(kernel, n, m, axis=-2)
 
 
 def output_feature_axis(dimension_numbers, ndim: int) -> int:

@@ -14,16 +14,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnm._checks import check_nm
+from jaxnm._checks import check_nm, tiling_problem
 from jaxnm._params import Include, Path, default_include, format_path
 from jaxnm.convert.least_squares import (
     conv_gram,
     dense_gram,
-    kernel_mask,
     masked_least_squares,
     reconstruction_error,
 )
 from jaxnm.masks import MaskMethod, Solver
+from jaxnm.masks.kernel import kernel_mask
 
 
 class LayerReport(NamedTuple):
@@ -84,11 +84,9 @@ def target_layers(
                 f"{where} is selected by `include` but is a grouped convolution "
                 f"(feature_group_count={module.feature_group_count}), which is not supported."
             )
-        rows, cols = kernel.shape[-2:]
-        if rows % m or (transposable and cols % m):
-            raise ValueError(
-                f"{where} is selected by `include` but does not tile by m={m}; exclude it."
-            )
+        problem = tiling_problem(kernel.shape, m, transposable)
+        if problem is not None:
+            raise ValueError(f"{where} is selected by `include` but does not tile: {problem}.")
         layers.append((tuple(path), module))
     return layers
 
