@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +30,35 @@ def check_operands(x: jax.Array, c: CompressedNM) -> None:
         )
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise ValueError(f"`x` must have a floating dtype, got {jnp.result_type(x)}.")
+
+
+def check_kernel_input(
+    x: jax.Array,
+    c: CompressedNM,
+    support: Callable[[jax.Array, CompressedNM], str | None],
+    *,
+    subject: str,
+    for_kernel: str = "",
+) -> None:
+    """The input checks of a 2-D N:M matmul kernel: :func:`check_operands`, ``x`` of rank 2,
+    and ``support(x, c)`` (a reason string, or None when the kernel takes the input).
+
+    Args:
+      x: ``(T, K)`` activations.
+      c: the compressed weight.
+      support: e.g. :func:`kernel_support`.
+      subject: who refuses an unsupported input, e.g. ``"The GPU N:M kernel"``.
+      for_kernel: appended to the rank message, e.g. ``" for the GPU kernel"``.
+
+    Raises:
+      TypeError / ValueError: naming the argument and the reason.
+    """
+    check_operands(x, c)
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"`x` must be 2-D (T, K){for_kernel}, got shape {jnp.shape(x)}.")
+    why = support(x, c)
+    if why:
+        raise ValueError(f"{subject} does not support this input: {why}.")
 
 
 def kernel_support(x: jax.Array, c: CompressedNM) -> str | None:
@@ -65,12 +96,9 @@ def kernel_blocks(
     """Checks ``x (T, K)`` and ``c`` for the ``backend`` (``"gpu"``/``"tpu"``) Pallas kernel
     and returns its tiles: ``block_sizes``, or :meth:`BlockSizes.for_shape` when None."""
     name = backend.upper()
-    check_operands(x, c)
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"`x` must be 2-D (T, K) for the {name} kernel, got shape {jnp.shape(x)}.")
-    why = kernel_support(x, c)
-    if why:
-        raise ValueError(f"The {name} N:M kernel does not support this input: {why}.")
+    check_kernel_input(
+        x, c, kernel_support, subject=f"The {name} N:M kernel", for_kernel=f" for the {name} kernel"
+    )
     (tokens, k), n_out = x.shape, c.shape[1]
     block = block_sizes or BlockSizes.for_shape(tokens, k, n_out, c.n, c.m, backend=backend)
     check_block_sizes(block, k, n_out, c.n, c.m, backend)

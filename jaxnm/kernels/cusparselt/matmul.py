@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnm.compressed import CompressedNM, decompress
-from jaxnm.kernels.common import check_operands
+from jaxnm.kernels.common import check_kernel_input
 from jaxnm.kernels.cusparselt import layout
 from jaxnm.kernels.cusparselt.sparse_mm import compress, matmul
 
@@ -49,12 +49,7 @@ def nm_matmul_cusparselt(x: jax.Array, c: CompressedNM, *, interpret: bool = Fal
     Raises:
       ValueError: an input cuSPARSELt cannot take (see :func:`cusparselt_support`).
     """
-    check_operands(x, c)
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"`x` must be 2-D (T, K), got shape {jnp.shape(x)}.")
-    why = cusparselt_support(x, c)
-    if why:
-        raise ValueError(f"backend='cusparselt' does not support this input: {why}.")
+    check_kernel_input(x, c, cusparselt_support, subject="backend='cusparselt'")
     dtype = jnp.result_type(x, c.dtype)
     tokens = x.shape[0]
     padded = -(-tokens // layout.dense_multiple(dtype)) * layout.dense_multiple(dtype)
