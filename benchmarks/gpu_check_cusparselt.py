@@ -40,7 +40,7 @@ import jaxnm
 from jaxnm.kernels import cusparselt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernels import _time_pair  # noqa: E402  (the kernels benchmark's same-run timer)
+from kernels import time_pair  # noqa: E402  (the kernels benchmark's same-run timer)
 
 DTYPE = jnp.bfloat16
 TOL = 2e-2  # max |error| / max |reference| for bfloat16 operands, float32 accumulation
@@ -152,9 +152,9 @@ def forward_speed(t: int, k: int, n: int, repeats: int, search: bool = True) -> 
     alg = cusparselt.search_algorithm(n, k, t, DTYPE, transpose_b=True) if search else -1
     ours = jax.jit(lambda a, x: cusparselt.matmul(a, x, transpose_b=True, alg_id=alg))
     dense = jax.jit(lambda x, w: jnp.dot(x, w))
-    t_ours, t_dense = _time_pair(ours, dense, (a, x), (x, w_eff), repeats, warmup=3)
+    t_ours, t_dense = time_pair(ours, dense, (a, x), (x, w_eff), repeats, warmup=3)
     comp = jax.jit(lambda w: cusparselt.compress(w.T))
-    t_comp, _ = _time_pair(comp, dense, (w_eff,), (x, w_eff), repeats, warmup=2)
+    t_comp, _ = time_pair(comp, dense, (w_eff,), (x, w_eff), repeats, warmup=2)
     return {
         "alg_id": alg,
         "cusparselt_ms": 1e3 * t_ours,
@@ -173,7 +173,7 @@ def layer_speed(t: int, k: int, n: int, repeats: int) -> dict:
 
     ours = jax.jit(lambda x, w, c: training_grads(x, w, mask, c, prune=mvue))
     dense = jax.jit(lambda x, w, c: training_grads(x, w, mask, c, backend="dense"))
-    t_ours, t_dense = _time_pair(ours, dense, (x, w, cot), (x, w, cot), repeats, warmup=3)
+    t_ours, t_dense = time_pair(ours, dense, (x, w, cot), (x, w, cot), repeats, warmup=3)
     return {"cusparselt_ms": 1e3 * t_ours, "dense_ms": 1e3 * t_dense, "ratio": t_dense / t_ours}
 
 

@@ -30,7 +30,7 @@ import jaxnm
 from jaxnm.kernels import nm_matmul, select_backend
 
 
-def _time_pair(ours, base, args_ours, args_base, repeats: int, warmup: int):
+def time_pair(ours, base, args_ours, args_base, repeats: int, warmup: int):
     for _ in range(warmup):
         jax.block_until_ready(ours(*args_ours))
         jax.block_until_ready(base(*args_base))
@@ -82,7 +82,7 @@ def run(tokens, sizes, n: int, m: int, dtype, backend: str | None, repeats: int,
                     jnp.abs(ours(x, c).astype(jnp.float32) - base(x, w_dense).astype(jnp.float32))
                 )
             )
-            t_ours, t_base = _time_pair(ours, base, (x, c), (x, w_dense), repeats, warmup)
+            t_ours, t_base = time_pair(ours, base, (x, c), (x, w_dense), repeats, warmup)
             itemsize = jnp.dtype(dtype).itemsize
             io_bytes = (t * size + t * size) * itemsize  # x in, y out
             bytes_ours = io_bytes + c.nbytes

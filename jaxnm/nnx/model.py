@@ -23,8 +23,7 @@ from jaxnm._state import sparse_leaves, variable_value
 from jaxnm._summary import SparsitySummary, SummaryRow
 from jaxnm.masks.packing import unpack
 from jaxnm.nnx.ops import NMConv, NMDotGeneral, NMEinsum, NMOp, check_einsum_kernel, einsum_plan
-from jaxnm.ops import MVUE, check_grad_sparsity
-from jaxnm.ops._nm_dot_general import OP_BACKENDS, OpBackend
+from jaxnm.ops import MVUE, OP_BACKENDS, OpBackend, check_grad_sparsity
 
 ModelT = TypeVar("ModelT", bound=nnx.Module)
 

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnm.masks.packing import unpack
-from jaxnm.ops import MVUE, nm_conv, nm_dot_general
-from jaxnm.ops._nm_dot_general import OpBackend
+from jaxnm.ops import MVUE, OpBackend, nm_conv, nm_dot_general
 
 
 class NMMask(nnx.Variable):

@@ -15,8 +15,8 @@ of any unbiased estimator that keeps ``n`` of ``m``. Implemented:
   the other three, and divide each kept value by its exact inclusion probability
   ``π_k = (|a_k| / S)·(1 + Σ_{l≠k} |a_l| / (S − |a_l|))``. Unbiased, slightly higher variance.
 
-Uniforms: one per group (two for ``approx=True``) from :func:`uniforms`, a counter hash keyed by
-``key``; every uniform is exactly uniform over keys, so the estimates are unbiased.
+Uniforms: one per group (two for ``approx=True``) from :func:`mvue_uniforms`, a counter hash
+keyed by ``key``; every uniform is exactly uniform over keys, so the estimates are unbiased.
 
 Exactly ``n`` positions are kept in every group. Groups with fewer than ``n`` nonzero entries keep
 deterministic extra positions (the lowest indices not yet kept) with value 0, so the kept set
@@ -190,10 +190,10 @@ def estimate(x: jax.Array, spec: MVUE, key: jax.Array, axis: int) -> tuple[jax.A
     groups = x.reshape(pre, shape[axis] // m, m, post).astype(compute_dtype)
     slots = [groups[:, :, i, :] for i in range(m)]
     if spec.approx:
-        u1, u2 = uniforms(key, slots[0].shape, 2)
+        u1, u2 = mvue_uniforms(key, slots[0].shape, 2)
         values, keep = _approx_2_4(slots, u1, u2)
     else:
-        (u,) = uniforms(key, slots[0].shape, 1)
+        (u,) = mvue_uniforms(key, slots[0].shape, 1)
         values, keep = (_exact_1_2 if m == 2 else _exact_2_4)(slots, u)
     # A group with a NaN or inf entry keeps its first n positions, valued NaN.
     finite = jnp.isfinite(sum(jnp.abs(a) for a in slots))
@@ -206,7 +206,7 @@ def estimate(x: jax.Array, spec: MVUE, key: jax.Array, axis: int) -> tuple[jax.A
     return values, keep
 
 
-def uniforms(key: jax.Array, shape: tuple[int, ...], count: int) -> list[jax.Array]:
+def mvue_uniforms(key: jax.Array, shape: tuple[int, ...], count: int) -> list[jax.Array]:
     """``count`` float32 arrays of ``shape`` with uniform entries in ``[0, 1)``.
 
     Only ``2·count`` words are drawn with ``jax.random`` (threefry by default); entry ``i``

@@ -7,8 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jaxnm
-from jaxnm.ops import mvue, mvue_with_mask
-from jaxnm.ops._mvue import approx_2_4_inclusion
+from jaxnm.ops import approx_2_4_inclusion, mvue, mvue_uniforms, mvue_with_mask
 
 SETTINGS = [(1, 2, "exact"), (2, 4, "exact"), (2, 4, "approx")]
 NUM_KEYS = 20000
@@ -184,8 +183,6 @@ def test_bad_inputs():
 
 
 def test_uniforms_are_uniform_and_decorrelated():
-    from jaxnm.ops._mvue import uniforms
-
     def chi2(u, bins=64):
         counts = np.histogram(u, bins=bins, range=(0.0, 1.0))[0]
         expected = len(u) / bins
@@ -193,12 +190,12 @@ def test_uniforms_are_uniform_and_decorrelated():
 
     # chi-square with 63 degrees of freedom: mean 63, std sqrt(126) ~ 11.2; 6 std bound.
     bound = 63 + 6 * np.sqrt(126)
-    u1, u2 = (np.asarray(v) for v in uniforms(jax.random.key(0), (256, 256), 2))
+    u1, u2 = (np.asarray(v) for v in mvue_uniforms(jax.random.key(0), (256, 256), 2))
     assert u1.dtype == np.float32 and 0 <= u1.min() and u1.max() < 1
     for u in (u1.ravel(), u2.ravel()):
         assert chi2(u) < bound
     # Over keys, one fixed entry is uniform too (the property unbiasedness relies on).
-    per_key = jax.jit(jax.vmap(lambda k: uniforms(k, (4,), 1)[0]))
+    per_key = jax.jit(jax.vmap(lambda k: mvue_uniforms(k, (4,), 1)[0]))
     first = np.asarray(per_key(jax.random.split(jax.random.key(1), 20000)))
     for j in range(4):
         assert chi2(first[:, j]) < bound
