@@ -1,6 +1,6 @@
 """Flax Linen integration: N:M training ops for Dense, DenseGeneral and Conv."""
 
-from jaxnm.linen.layers import Conv, Dense, DenseGeneral, mask_collection
+from jaxnm.linen.layers import Conv, Dense, DenseGeneral, variables
 from jaxnm.linen.ops import DENSE, MASKS, RNG_STREAM, NMConvGeneralDilated, NMDotGeneral
 from jaxnm.linen.selection import include
 
@@ -14,5 +14,5 @@ __all__ = [
     "NMConvGeneralDilated",
     "NMDotGeneral",
     "include",
-    "mask_collection",
+    "variables",
 ]

@@ -1,19 +1,23 @@
 """Drop-in Linen layers whose GEMM runs the N:M training op: ``Dense``, ``DenseGeneral``,
-``Conv``.
+``Conv``; and :func:`variables`, the one way to hand them their masks.
 
-Each is the Flax layer with one extra field, ``grad_sparsity``, and its op seam
+Each layer is the Flax layer with one extra field, ``grad_sparsity``, and its op seam
 (``dot_general_cls`` / ``conv_general_dilated_cls``) set to the ops of
 :mod:`jaxnm.linen.ops`. Parameters keep Flax's names and shapes, so checkpoints and params
 move freely between these layers and the plain Flax ones. The masks are not stored in the
-model: pass them at every ``apply`` from the optimizer state (one source of truth)::
+model: build the variables of every ``apply`` from the optimizer state (one source of
+truth)::
 
-  variables = {"params": params, MASKS: jaxnm.linen.mask_collection(opt_state)}
-  y = model.apply(variables, x, rngs={"mvue": key})
+  y = model.apply(jaxnm.linen.variables(params, opt_state), x, rngs={"mvue": key})
 
-Every layer needs its :data:`MASKS` entry in ``apply`` (a mask, or :data:`DENSE` for a
-kernel the optimizer left dense; :func:`mask_collection` writes both); a missing collection
-or entry raises. Only ``model.init`` runs without masks. For inference on params exported
-with ``jaxnm.apply_masks`` use the plain Flax layers, or pass the masks again.
+:func:`variables` gives ``"params"`` as ``params ⊙ masks`` (straight-through, as
+:func:`jaxnm.apply_masks`) and the :data:`MASKS` collection. So every sparsified kernel
+trains sparse whatever layer reads it: a plain ``nn.Dense`` / ``nn.Conv`` that the default
+selection of :func:`jaxnm.sparsify` picked runs its masked kernel (forward and input
+gradient N:M, straight-through weight gradient, no MVUE), and the jaxnm layers add the
+transposed-mask backward and MVUE. Every jaxnm layer needs its :data:`MASKS` entry in
+``apply`` (a mask, or :data:`DENSE` for a kernel the optimizer left dense); a missing
+collection or entry raises. Only ``model.init`` runs without masks.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxnm._apply_masks import apply_masks
 from jaxnm._state import current_masks
-from jaxnm.linen.ops import DENSE, NMConvGeneralDilated, NMDotGeneral
+from jaxnm.linen.ops import DENSE, MASKS, NMConvGeneralDilated, NMDotGeneral
 from jaxnm.ops import MVUE
 
 
@@ -65,24 +70,32 @@ class Conv(nn.Conv):
     conv_general_dilated_cls: Any = NMConvGeneralDilated
 
 
-def mask_collection(opt_state: Any) -> dict:
-    """The :data:`MASKS` collection for ``apply``: the current masks of a
-    :func:`jaxnm.sparsify` state (whose params were ``variables["params"]``), without the
-    entries of dense parameters.
+def variables(params: Any, opt_state: Any) -> dict:
+    """The variables of a Linen ``apply`` during (and after) :func:`jaxnm.sparsify` training.
 
     Args:
+      params: the dense params the optimizer updates (those ``opt_state`` was initialised
+        with, or their updated values).
       opt_state: optimizer state containing a :func:`jaxnm.sparsify` state.
 
     Returns:
-      nested dict mirroring the params: bool masks of the sparsified kernels' shapes, and
-      :data:`DENSE` for every other leaf named ``kernel``.
+      ``{"params": apply_masks(params, masks), MASKS: collection}``: the params with every
+      sparsified kernel masked (straight-through gradient to the dense params) and the
+      :data:`MASKS` collection (bool masks of the sparsified kernels' shapes, :data:`DENSE`
+      for every other leaf named ``kernel``). Add other collections as usual, e.g.
+      ``{**jaxnm.linen.variables(params, opt_state), "batch_stats": stats}``.
+
+    Raises:
+      ValueError: a mask whose shape differs from its parameter's (params of another
+        model), naming the path.
     """
-    masks = jax.tree_util.tree_map_with_path(
+    masks = current_masks(opt_state)
+    collection = jax.tree_util.tree_map_with_path(
         lambda path, mask: DENSE if mask is None and _is_kernel(path) else mask,
-        current_masks(opt_state),
+        masks,
         is_leaf=lambda x: x is None,
     )
-    return _prune_none(masks)
+    return {"params": apply_masks(params, masks), MASKS: _prune_none(collection)}
 
 
 def _is_kernel(path) -> bool:
@@ -99,4 +112,6 @@ def _prune_none(tree: Any) -> Any:
         return {k: v for k, v in out.items() if v is not None and not _is_empty_dict(v)}
     if tree is None or isinstance(tree, (jax.Array, np.ndarray)):
         return tree
-    raise TypeError(f"mask_collection expects nested dicts of masks, got {type(tree).__name__}.")
+    raise TypeError(
+        f"jaxnm.linen.variables expects nested dicts of params, got {type(tree).__name__}."
+    )

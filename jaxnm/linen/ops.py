@@ -3,10 +3,10 @@
 Flax instantiates them inside ``nn.Dense``, ``nn.DenseGeneral`` and ``nn.Conv`` and calls
 them like ``lax.dot_general`` / ``lax.conv_general_dilated``. They look up the mask of
 their layer's ``kernel`` in the :data:`MASKS` collection (``variables[MASKS]`` mirrors
-``variables["params"]``, see :func:`jaxnm.linen.mask_collection`) and run the N:M
+``variables["params"]``, see :func:`jaxnm.linen.variables`) and run the N:M
 custom_vjp op of :mod:`jaxnm.ops`. Every layer must find its entry there: a mask, or
-:data:`DENSE` for a kernel the optimizer left dense (``mask_collection`` writes both); a
-missing collection or entry raises (only ``init`` runs without masks). MVUE keys come from
+:data:`DENSE` for a kernel the optimizer left dense (:func:`jaxnm.linen.variables` writes
+both); a missing collection or entry raises (only ``init`` runs without masks). MVUE keys come from
 the ``"mvue"`` RNG stream (``rngs={"mvue": key}`` in ``apply``); without the stream the
 forward pass (inference) runs and a gradient through it raises.
 """
@@ -54,8 +54,8 @@ class _NMOpBase(nn.Module):
                 missing = f"the {MASKS!r} collection has no entry for it (path mismatch)"
             raise ValueError(
                 f"jaxnm.linen layer `{'/'.join(layer.scope.path)}`: {missing}. Pass "
-                "`{'params': params, jaxnm.linen.MASKS: jaxnm.linen.mask_collection(opt_state)}` "
-                "with the params the optimizer was initialised with."
+                "`jaxnm.linen.variables(params, opt_state)` as the variables of `apply`, with "
+                "the params the optimizer updates."
             )
         mask = layer.get_variable(MASKS, "kernel")
         return None if jnp.ndim(mask) == 0 else mask

@@ -1,10 +1,11 @@
 """Selecting exactly the kernels of a Linen model that run an N:M op: :func:`include`.
 
 The default selection of :func:`jaxnm.sparsify` sees only the params pytree, in which a plain
-``nn.Dense`` kernel looks like a :class:`jaxnm.linen.Dense` one; the plain layer would ignore
-its mask and train dense, and export would then prune it. :func:`include` traces the model's
-``init`` abstractly (``jax.eval_shape``: no compute, no memory) and selects only the kernels
-of layers whose op seam is jaxnm's.
+``nn.Dense`` kernel looks like a :class:`jaxnm.linen.Dense` one, so it sparsifies both; with
+:func:`jaxnm.linen.variables` the plain layer then trains on its masked kernel (N:M forward
+and input gradient, no MVUE). To keep the plain layers dense instead, select with
+:func:`include`: it traces the model's ``init`` abstractly (``jax.eval_shape``: no compute, no
+memory) and selects only the kernels of layers whose op seam is jaxnm's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def include(model: nn.Module, *args: Any, m: int, transposable: bool = True) -> 
       predicate ``(path, leaf) -> bool``: True for the ``kernel`` of every
       :class:`jaxnm.linen.Dense`, ``DenseGeneral`` and ``Conv`` (or any Flax layer whose
       ``dot_general_cls`` / ``conv_general_dilated_cls`` is a jaxnm op) that tiles by ``m``
-      (the default rule); False for plain Flax layers, which would ignore a mask.
+      (the default rule); False for plain Flax layers (they stay dense).
 
     Example::
 

@@ -62,10 +62,8 @@ def _train(build, steps, **kwargs):
 
     @jax.jit
     def step(params, opt_state, key):
-        masks = jl.mask_collection(opt_state)
-
         def loss_fn(p):
-            out = model.apply({"params": p, jl.MASKS: masks}, x, rngs={jl.RNG_STREAM: key})
+            out = model.apply(jl.variables(p, opt_state), x, rngs={jl.RNG_STREAM: key})
             return jnp.mean((out - y) ** 2)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -89,7 +87,7 @@ def test_end_to_end_schedule(build, expected):
     plain = build(nn)
     prev = None
     for t, (params, opt_state) in enumerate(history):
-        masks = jl.mask_collection(opt_state)
+        masks = jl.variables(params, opt_state)[jl.MASKS]
         flat = [(p, mk) for p, mk in jax.tree_util.tree_leaves_with_path(masks) if mk.ndim]
         assert len(flat) == expected  # the others are jl.DENSE entries
         for path, mk in flat:
@@ -105,7 +103,7 @@ def test_end_to_end_schedule(build, expected):
             exported = jaxnm.apply_masks(params, jaxnm.current_masks(opt_state))
             np.testing.assert_allclose(
                 plain.apply({"params": exported}, x),
-                model.apply({"params": params, jl.MASKS: masks}, x, rngs={"mvue": _key()}),
+                model.apply(jl.variables(params, opt_state), x, rngs={"mvue": _key()}),
                 rtol=1e-6,
                 atol=1e-6,
             )
@@ -120,8 +118,7 @@ def test_gradients_match_straight_through_masking():
     masks = jaxnm.current_masks(state)
 
     def op_loss(p):
-        variables = {"params": p, jl.MASKS: jl.mask_collection(state)}
-        return jnp.mean((model.apply(variables, x) - y) ** 2)
+        return jnp.mean((model.apply(jl.variables(p, state), x) - y) ** 2)
 
     def ste_loss(p):
         return jnp.mean((_mlp(nn).apply({"params": jaxnm.apply_masks(p, masks)}, x) - y) ** 2)
@@ -137,15 +134,16 @@ def test_errors():
     model = _mlp(jl)
     x, _ = _task(_mlp)
     params = model.init(jax.random.key(1), x)["params"]
-    masks = jl.mask_collection(jaxnm.sparsify(N, M).init(params))
-    variables = {"params": params, jl.MASKS: masks}
+    state = jaxnm.sparsify(N, M).init(params)
+    variables = jl.variables(params, state)
+    masks = variables[jl.MASKS]
     # Inference needs no MVUE stream (MVUE acts in the backward pass only) ...
     np.testing.assert_array_equal(
         model.apply(variables, x), model.apply(variables, x, rngs={jl.RNG_STREAM: _key()})
     )
     # ... a gradient does.
     with pytest.raises(ValueError, match="mvue"):
-        jax.grad(lambda p: model.apply({"params": p, jl.MASKS: masks}, x).sum())(params)
+        jax.grad(lambda p: model.apply(jl.variables(p, state), x).sum())(params)
     # No masks, or masks of other paths: an error, never a silently dense layer.
     with pytest.raises(ValueError, match="no 'nm_masks' collection"):
         model.apply({"params": params}, x)
@@ -191,3 +189,58 @@ def test_plain_flax_layers_are_not_selected_by_linen_include():
     # The default selection would take the plain kernel too; the summary shows which.
     default = jaxnm.sparsity_summary(jaxnm.sparsify(N, M).init(params))
     assert {jaxnm.format_path(r.path) for r in default.sparse} == {"nm/kernel", "plain/kernel"}
+
+
+def _mixed(layers=jl):
+    """jaxnm layers (``layers=jl``) next to plain nn.Dense / nn.Conv; ``layers=nn``: the same
+    structure in plain Flax."""
+
+    class Mixed(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = jnp.tanh(layers.Dense(16, name="nm", **_gs(layers))(x))
+            h = jnp.tanh(nn.Dense(16, name="plain")(h))
+            h = nn.relu(nn.Conv(8, (3,), name="plain_conv")(h[:, :, None].repeat(8, -1)))
+            return layers.Dense(4, name="head")(h.mean(axis=1))
+
+    return Mixed()
+
+
+def test_mixed_linen_model_trains_sparse_under_the_default_selection():
+    """Plain nn.Dense / nn.Conv next to jaxnm layers, default sparsify selection: the plain
+    kernels are selected and, through jl.variables, train masked (not dense), so the exported
+    model is the trained one."""
+    model, x = _mixed(), jax.random.normal(jax.random.key(0), (8, 8))
+    params = model.init(jax.random.key(1), x)["params"]
+    tx = optax.chain(jaxnm.sparsify(N, M, refresh_every=1), optax.adam(0.05))
+    opt_state = tx.init(params)
+    masks = jaxnm.current_masks(opt_state)
+    assert masks["plain"]["kernel"] is not None and masks["plain_conv"]["kernel"] is not None
+
+    def loss(p, opt_state, key):
+        out = model.apply(jl.variables(p, opt_state), x, rngs={jl.RNG_STREAM: key})
+        return jnp.mean((out - 1.0) ** 2)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        grads = jax.grad(loss)(params, opt_state, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    for t in range(3):
+        params, opt_state = step(params, opt_state, jax.random.key(t))
+    masks = jaxnm.current_masks(opt_state)
+    plain = _mixed(nn)
+    np.testing.assert_allclose(
+        model.apply(jl.variables(params, opt_state), x),
+        plain.apply({"params": jaxnm.apply_masks(params, masks)}, x),  # the export
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # The plain layers' kernel gradients are the straight-through ones of the masked model.
+    g = jax.grad(loss)(params, opt_state, jax.random.key(9))
+    g_ste = jax.grad(
+        lambda p: jnp.mean((plain.apply({"params": jaxnm.apply_masks(p, masks)}, x) - 1.0) ** 2)
+    )(params)
+    for name in ("plain", "plain_conv"):
+        np.testing.assert_allclose(g[name]["kernel"], g_ste[name]["kernel"], rtol=1e-5, atol=1e-7)
