@@ -7,7 +7,7 @@ Sections (``SECTIONS``: a list of functions ``section(smoke: bool) -> dict``; a 
 ``{"rows": [dict, ...], "ok": bool}``, or ``{"skipped": why}``, or its own dict with ``ok``):
 
 * ``correctness``: every GPU backend of ``nm_matmul`` (``"gpu"``: Triton; ``"mosaic_gpu"``:
-  EXPERIMENTAL, reported but not required, known not to lower yet) against
+  EXPERIMENTAL, reported but not required: it compiles for H100/H200 but has never run) against
   ``nm_matmul_reference`` at HIGHEST precision, bf16/fp16/fp32 x T in {1, 16, 128, 4096} x
   K = N in {4096, 8192}, plus the custom_vjp input gradient through ``c_t``;
 * ``kernels``: ``benchmarks/kernels.py``'s table (T in {1, 8, 16, 128, 4096}, K = N in

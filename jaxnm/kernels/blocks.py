@@ -8,6 +8,8 @@ from jaxnm.kernels.expand import RUN
 
 _GPU_MIN = 16  # Triton's tl.dot needs every tile dimension >= 16
 _GPU_SMS = 132  # streaming multiprocessors of an H100 SXM / H200
+_SMEM = 227 * 1024  # shared memory one CTA may use on an H100 / H200
+_WARPGROUP = 128  # threads of the Mosaic GPU kernel's one warpgroup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +51,12 @@ class BlockSizes:
           * ``block_t`` 64 for ``T <= 64``, else 128;
           * ``block_n`` 32 for ``T <= 64`` (weight-bound: 128 CTAs for N = 4096), else 128;
             halved until it divides ``N``;
-          * ``block_k`` 64 (128 bytes of 16-bit ``x`` per row: the widest swizzle), halved
-            or doubled as for the GPU rule; ``num_stages`` (TMA steps in flight) 4.
+          * ``block_k = 64 * m / n`` (8 index bytes per step: every expanded slab is one
+            8-row shared-memory tile; 128 for 2:4 and 4:8), else twice or half that, the
+            first that divides ``K`` and keeps a slab (``block_k * n / m / 8`` rows by
+            ``block_n``) a multiple of 128 elements (one per thread of the warpgroup);
+          * ``num_stages`` (TMA steps in flight): the most of 4, 3, 2 (else 1) whose shared
+            memory (:func:`mosaic_smem_bytes`) fits the 227 KiB of an H100/H200 CTA.
 
         TPU (Mosaic; block dims multiples of the (8, 128) vreg tiling or the full dim):
           * ``block_t = min(256, round_up(T, 16))``;
@@ -100,10 +106,47 @@ def _mosaic_gpu_rule(tokens: int, k: int, n_out: int, n: int, m: int) -> BlockSi
     block_n = 32 if tokens <= 64 else 128
     while block_n > _GPU_MIN and n_out % block_n:
         block_n //= 2
-    down = [64 >> i for i in range(3)]
-    up = [64 << i for i in range(1, 8)]
-    block_k = next((b for b in down + up if _gpu_k_ok(b, k, n, m)), 64)
-    return BlockSizes(block_t=block_t, block_k=block_k, block_n=block_n, num_stages=4)
+    start = RUN * RUN * m // max(n, 1)  # 8 index bytes per step
+    block_k = next(
+        (b for b in (start, 2 * start, start // 2) if _mosaic_k_ok(b, block_n, k, n, m)), start
+    )
+    stages = next(
+        (s for s in (4, 3, 2) if mosaic_smem_bytes(block_t, block_k, block_n, n, m, s) <= _SMEM),
+        1,
+    )
+    return BlockSizes(block_t=block_t, block_k=block_k, block_n=block_n, num_stages=stages)
+
+
+def _mosaic_k_ok(block_k: int, block_n: int, k: int, n: int, m: int) -> bool:
+    rows = block_k * n // m
+    return (
+        block_k >= _GPU_MIN
+        and _gpu_k_ok(block_k, k, n, m)
+        and (rows // RUN * block_n) % _WARPGROUP == 0
+    )
+
+
+def mosaic_swizzle(block_k: int, block_n: int, itemsize: int = 2) -> int:
+    """The shared-memory swizzle (bytes) of the Mosaic GPU kernel's ``x`` and weight tiles.
+
+    ``wgmma`` needs one swizzle for both operands: the widest (128, 64 or 32 bytes) that
+    divides both a ``block_k`` row of ``x`` and a ``block_n`` row of the weight tile.
+    """
+    widest = (128, 64, 32, 16)
+    row_k = next(s for s in widest if (block_k * itemsize) % s == 0)
+    row_n = next(s for s in widest if (block_n * itemsize) % s == 0)
+    return min(row_k, row_n)
+
+
+def mosaic_smem_bytes(
+    block_t: int, block_k: int, block_n: int, n: int, m: int, stages: int, itemsize: int = 2
+) -> int:
+    """Shared memory of one Mosaic GPU kernel CTA: ``stages`` pipeline buffers (``x``, 8 value
+    slabs, the index planes) plus the plain and swizzled weight tiles and the output tile."""
+    q = block_k * n // m // RUN
+    bits = (m - 1).bit_length()
+    step = block_t * block_k * itemsize + RUN * q * block_n * itemsize + bits * q * block_n
+    return stages * step + (2 * block_k + block_t) * block_n * itemsize
 
 
 def _gpu_k_ok(block_k: int, k: int, n: int, m: int) -> bool:
@@ -140,11 +183,30 @@ def check_block_sizes(block: BlockSizes, k: int, n_out: int, n: int, m: int, bac
         dims = (block.block_t, block.block_k, block.block_n)
         if any(d < _GPU_MIN or d & (d - 1) for d in dims):
             problems.append(f"GPU tiles must be powers of two >= {_GPU_MIN}")
-    if backend == "mosaic_gpu" and block.block_t % 64:
-        problems.append("Mosaic GPU needs block_t a multiple of 64 (one warpgroup's wgmma rows)")
+    if backend == "mosaic_gpu":
+        problems += _mosaic_problems(block, n, m)
     if problems:
         raise ValueError(
             f"`block_sizes` (={block}) invalid for K={k}, N={n_out}, {n}:{m}: "
             + "; ".join(problems)
             + "."
         )
+
+
+def _mosaic_problems(block: BlockSizes, n: int, m: int) -> list[str]:
+    bt, bk, bn = block.block_t, block.block_k, block.block_n
+    problems = []
+    if bt % 64:
+        problems.append("Mosaic GPU needs block_t a multiple of 64 (one warpgroup's wgmma rows)")
+    if bn > 256:
+        problems.append("Mosaic GPU needs block_n <= 256 (wgmma's widest N)")
+    if (bk * n // m // RUN * bn) % _WARPGROUP:
+        problems.append(
+            f"Mosaic GPU needs (block_k*n/m/8) * block_n a multiple of {_WARPGROUP} (the "
+            "expanded slabs are spread over one warpgroup)"
+        )
+    if block.num_stages < 1:
+        problems.append("num_stages must be >= 1")
+    elif (smem := mosaic_smem_bytes(bt, bk, bn, n, m, block.num_stages)) > _SMEM:
+        problems.append(f"its shared memory ({smem} B) exceeds the {_SMEM} B of a CTA")
+    return problems

@@ -133,8 +133,9 @@ def test_block_rule():
     assert tpu(1000, 8192, 384, 1, 4) == BlockSizes(256, 1024, 128)
     assert tpu(5, 64, 48, 2, 4) == BlockSizes(16, 64, 48)
     mosaic = functools.partial(BlockSizes.for_shape, backend="mosaic_gpu")
-    assert mosaic(16, 4096, 4096, 2, 4) == BlockSizes(64, 64, 32, num_stages=4)
-    assert mosaic(4096, 4096, 4096, 4, 8) == BlockSizes(128, 64, 128, num_stages=4)
+    assert mosaic(16, 4096, 4096, 2, 4) == BlockSizes(64, 128, 32, num_stages=4)
+    assert mosaic(4096, 4096, 4096, 4, 8) == BlockSizes(128, 128, 128, num_stages=2)
+    assert mosaic(1, 4096, 4096, 1, 8).block_k == 512  # 8 index bytes per step
     with pytest.raises(ValueError, match="'gpu', 'mosaic_gpu' or 'tpu'"):
         BlockSizes.for_shape(1, 64, 64, 2, 4, backend="xla")
 

@@ -17,9 +17,11 @@ tried): for jaxlib < 0.12 the field is dropped when the config is read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
+import os
 import re
 import tempfile
 from collections.abc import Callable
@@ -157,7 +159,11 @@ def compile_for_gpu(
       target: ``"h100"``, ``"h200"`` or a device from :func:`compile_only_device`.
       *args: pytrees whose leaves are arrays or ``jax.ShapeDtypeStruct`` (values are never
         read); every leaf is placed on the device.
-      ptx: also return the PTX (XLA dumps it to a temporary folder: slower).
+      ptx: also return the PTX (slower): XLA's own kernels (Triton included) are dumped with
+        ``xla_dump_to``; Mosaic GPU kernels, which the CUDA plugin compiles during the same
+        XLA compile, through its ``MOSAIC_GPU_DUMP_PTX`` / ``MOSAIC_GPU_DUMP_TO`` environment
+        variables, set for the duration of the call (process-wide: do not compile
+        concurrently from other threads while ``ptx=True``).
 
     Returns:
       :class:`GpuCompile`. jax >= 0.11's Pallas GPU lowerings ask the default device which
@@ -167,9 +173,26 @@ def compile_for_gpu(
     sharding = SingleDeviceSharding(device)
     placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
     with tempfile.TemporaryDirectory() as dump, jax.default_device(device):
-        lowered = jax.jit(fn).lower(*placed)
-        # jaxlib 0.10 dumps PTX with xla_dump_to alone; 0.12 also needs the emitter filter.
-        options = {"xla_dump_to": dump, "xla_dump_emitter_re": "ptx"} if ptx else {}
-        compiled = lowered.compile(compiler_options=options)
+        env = {"MOSAIC_GPU_DUMP_PTX": "1", "MOSAIC_GPU_DUMP_TO": dump} if ptx else {}
+        with _environment(env):
+            lowered = jax.jit(fn).lower(*placed)
+            # jaxlib 0.10 dumps PTX with xla_dump_to alone; 0.12 also needs the emitter filter.
+            options = {"xla_dump_to": dump, "xla_dump_emitter_re": "ptx"} if ptx else {}
+            compiled = lowered.compile(compiler_options=options)
         text = "".join(p.read_text() for p in sorted(Path(dump).glob("*.ptx")))
     return GpuCompile(compiled=compiled, hlo=compiled.as_text(), ptx=text)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """Sets environment variables for the ``with`` block, then restores the previous ones."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
