@@ -11,7 +11,7 @@ import importlib
 from jaxnm import kernels, masks, ops
 from jaxnm._apply_masks import apply_masks
 from jaxnm._compress_params import compress_params
-from jaxnm._params import default_include, format_path, key_path_names
+from jaxnm._params import KERNEL_VIEW, KernelView, default_include, format_path, key_path_names
 from jaxnm._sparsify import SPARSIFY_STATIC_ARGS, sparsify
 from jaxnm._state import SparsifyState, current_masks, find_state, find_states
 from jaxnm._summary import SparsitySummary, SummaryRow, sparsity_summary
@@ -42,6 +42,8 @@ def __dir__():
 
 
 __all__ = [
+    "KERNEL_VIEW",
+    "KernelView",
     "MVUE",
     "CompressedNM",
     "SparsifyState",

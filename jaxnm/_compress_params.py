@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxnm._params import format_path
 from jaxnm._state import find_states, is_mask_leaf, is_unmasked, variable_value
 from jaxnm.compressed import compress
 from jaxnm.masks.packing import unpack
@@ -32,10 +33,20 @@ def compress_params(params: Any, opt_state: Any) -> Any:
       unchanged.
 
     Raises:
-      ValueError: no sparsify state, or a mask that is not N:M (e.g. during the dense phase
-        before ``start_step`` or after ``end_step`` with ``dense_tail=True``).
+      ValueError: no sparsify state, a kernel masked on a flattened view (``state.views``:
+        ``LinearGeneral`` kernels of rank > 2, which ``CompressedNM`` cannot hold), or a
+        mask that is not N:M (e.g. during the dense phase before ``start_step`` or after
+        ``end_step`` with ``dense_tail=True``).
     """
     for state in find_states(opt_state):
+        if state.views:
+            paths = ", ".join(f"`{format_path(path)}`" for path, _ in state.views)
+            raise ValueError(
+                f"compress_params cannot compress {paths}: their masks are N:M on a flattened "
+                "(in, out) view of a kernel of rank > 2 (LinearGeneral / DenseGeneral), while "
+                "CompressedNM groups one axis of the kernel's own shape. Export them dense "
+                "with jaxnm.apply_masks, or compress reshaped 2-D kernels yourself."
+            )
         leaves, treedef = jax.tree_util.tree_flatten(state.masks, is_leaf=is_mask_leaf)
         values = treedef.flatten_up_to(params)
         out = [

@@ -8,6 +8,8 @@ predicates receive these tuples; errors print them with :func:`format_path`
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,7 +21,42 @@ import numpy as np
 from jaxnm._checks import tiling_problem
 
 Path = tuple[Any, ...]
-Include = Callable[[Path, jax.Array], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelView:
+    """How a kernel of rank > 2 with several contracted or output axes carries its N:M mask:
+    its leading ``in_axes`` axes are contracted and its other axes are outputs (a Flax
+    ``LinearGeneral`` / ``DenseGeneral`` kernel, e.g. an attention projection ``(in, heads,
+    head_dim)`` has ``in_axes=1``, its output projection ``(heads, head_dim, out)``
+    ``in_axes=2``). The mask is N:M (or transposable N:M) on the flattened 2-D view
+    ``(prod(in shape), prod(out shape))``, i.e. grouped along the contraction, and is stored
+    in the kernel's own shape.
+
+    An ``include`` predicate may return one instead of ``True``; :class:`jaxnm.nnx.Optimizer`
+    sets it for ``nnx.LinearGeneral`` kernels (the Variable metadata ``KERNEL_VIEW``).
+    """
+
+    in_axes: int
+
+    def __post_init__(self):
+        if not isinstance(self.in_axes, int) or isinstance(self.in_axes, bool) or self.in_axes < 1:
+            raise ValueError(f"`in_axes` must be a positive int, got {self.in_axes!r}.")
+
+    def matrix_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """The flattened ``(in, out)`` view of a kernel of ``shape``."""
+        if not 0 < self.in_axes < len(shape):
+            raise ValueError(
+                f"KernelView(in_axes={self.in_axes}) needs a kernel of rank > {self.in_axes}, "
+                f"got shape {shape}."
+            )
+        return math.prod(shape[: self.in_axes]), math.prod(shape[self.in_axes :])
+
+
+KERNEL_VIEW = "jaxnm_kernel_view"
+"""Name of the NNX Variable metadata holding a kernel's :class:`KernelView`."""
+
+Include = Callable[[Path, jax.Array], "bool | KernelView"]
 
 
 def key_path_names(path: tuple) -> Path:
@@ -57,11 +94,44 @@ def default_include(m: int, transposable: bool) -> Include:
     return include
 
 
-def default_skip_reason(path: Path, leaf, m: int, transposable: bool) -> str | None:
+def default_skip_reason(
+    path: Path, leaf, m: int, transposable: bool, view: KernelView | None = None
+) -> str | None:
     """Why the default selection leaves ``leaf`` dense (None: it is selected)."""
     if not path or path[-1] != "kernel":
         return "not named 'kernel'"
-    return tiling_problem(np.shape(leaf), m, transposable)
+    return view_tiling_problem(tuple(np.shape(leaf)), m, transposable, view)
+
+
+def view_tiling_problem(
+    shape: tuple[int, ...], m: int, transposable: bool, view: KernelView | None
+) -> str | None:
+    """:func:`jaxnm._checks.tiling_problem` of a kernel, on its flattened view if it has one
+    (and the packed storage's rule: axis -2 of the kernel's own shape groups by ``m``)."""
+    if view is None:
+        return tiling_problem(shape, m, transposable)
+    if not 0 < view.in_axes < len(shape):
+        return f"KernelView(in_axes={view.in_axes}) does not fit rank {len(shape)}"
+    problem = tiling_problem(view.matrix_shape(shape), m, transposable)
+    if problem is not None:
+        return f"flattened (in, out) view {view.matrix_shape(shape)}: {problem}"
+    if shape[-2] % m:
+        return f"axis -2 ({shape[-2]}) not a multiple of m={m} (the packed mask groups it)"
+    return None
+
+
+def kernel_views(params: Any) -> dict[Path, KernelView]:
+    """The :class:`KernelView` metadata of the NNX Variables in ``params``, by path."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda x: callable(getattr(x, "get_metadata", None))
+    )
+    views = {}
+    for path, leaf in flat:
+        get = getattr(leaf, "get_metadata", None)
+        view = get().get(KERNEL_VIEW) if callable(get) else None
+        if isinstance(view, KernelView):
+            views[key_path_names(path)] = view
+    return views
 
 
 class Skipped(NamedTuple):
@@ -74,19 +144,21 @@ class Skipped(NamedTuple):
 
 def select_leaves(
     params: Any, include: Include | None, m: int, transposable: bool
-) -> tuple[Any, tuple[Skipped, ...]]:
-    """Which leaves of ``params`` are sparsified.
+) -> tuple[Any, tuple[Skipped, ...], tuple[tuple[Path, KernelView], ...]]:
+    """Which leaves of ``params`` are sparsified, and on which view.
 
     Args:
       params: the params pytree (leaves are arrays; optax's ``MaskedNode`` subtrees are
-        ignored).
-      include: the user's predicate, or None for :func:`default_include`.
+        ignored; NNX Variables may carry a :class:`KernelView` as metadata).
+      include: the user's predicate (returning a bool or a :class:`KernelView`), or None
+        for :func:`default_include` (with the Variables' kernel views).
       m: group size.
-      transposable: whether both of the last two axes must tile by ``m``.
+      transposable: whether both axes of the (flattened) kernel must tile by ``m``.
 
     Returns:
-      ``(selected, skipped)``: a pytree matching ``params`` with True for the sparsified
-      leaves and None for the others, and the leaves left dense with the reason.
+      ``(selected, skipped, views)``: a pytree matching ``params`` with True for the
+      sparsified leaves and None for the others; the leaves left dense with the reason; and
+      ``(path, view)`` of every selected kernel of rank > 2 masked on a flattened view.
 
     Raises:
       ValueError: a leaf ``include`` chooses that is not floating or cannot be tiled by ``m``,
@@ -97,28 +169,35 @@ def select_leaves(
       UserWarning: the default selection selects nothing (every parameter trains dense).
     """
     skipped: list[Skipped] = []
+    views: list[tuple[Path, KernelView]] = []
+    metadata_views = kernel_views(params) if include is None else {}
 
     def one(path, leaf):
         names = key_path_names(path)
         shape = tuple(np.shape(leaf))
         if include is None:
-            reason = default_skip_reason(names, leaf, m, transposable)
+            view = metadata_views.get(names)
+            reason = default_skip_reason(names, leaf, m, transposable, view)
             if reason is not None:
                 skipped.append(Skipped(names, shape, reason))
                 return None
-            return True
-        if not include(names, leaf):
-            skipped.append(Skipped(names, shape, "excluded by `include`"))
-            return None
-        where = f"parameter `{format_path(names)}` (path {names!r}, shape {shape})"
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(f"{where} is selected by `include` but is not floating.")
-        problem = tiling_problem(shape, m, transposable)
-        if problem is not None:
-            raise ValueError(
-                f"{where} is selected by `include` but does not tile: {problem}; "
-                "exclude it with `include` or pad it."
-            )
+        else:
+            chosen = include(names, leaf)
+            if not chosen:
+                skipped.append(Skipped(names, shape, "excluded by `include`"))
+                return None
+            view = chosen if isinstance(chosen, KernelView) else None
+            where = f"parameter `{format_path(names)}` (path {names!r}, shape {shape})"
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+                raise ValueError(f"{where} is selected by `include` but is not floating.")
+            problem = view_tiling_problem(shape, m, transposable, view)
+            if problem is not None:
+                raise ValueError(
+                    f"{where} is selected by `include` but does not tile: {problem}; "
+                    "exclude it with `include` or pad it."
+                )
+        if view is not None and (len(shape) > 2 or view.in_axes != 1):
+            views.append((names, view))
         return True
 
     selected = jax.tree_util.tree_map_with_path(one, params)
@@ -138,4 +217,4 @@ def select_leaves(
             "`include=lambda path, leaf: ...` to choose them.",
             stacklevel=3,
         )
-    return selected, tuple(skipped)
+    return selected, tuple(skipped), tuple(views)

@@ -40,7 +40,7 @@ import optax
 from jax import lax
 
 from jaxnm._checks import check_int, check_nm, check_nonnegative_scalar
-from jaxnm._params import Include, select_leaves
+from jaxnm._params import Include, key_path_names, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
 from jaxnm.masks.kernel import kernel_masks
@@ -137,17 +137,17 @@ def sparsify(
         raise TypeError(f"`include` must be a callable (path, leaf) -> bool, got {include!r}.")
     solver = resolve_solver(method)
 
-    def solve_packed(masks: Any, params: Any) -> Any:
-        return _solve_packed_tree(masks, params, n, m, transposable, solver)
+    def solve_packed(masks: Any, params: Any, views) -> Any:
+        return _solve_packed_tree(masks, params, n, m, transposable, solver, dict(views))
 
     def dense_masks(masks: Any) -> Any:
         # full_like keeps the masks' sharding (lax.switch branches must agree on it).
         return map_masks(lambda bits: jnp.full_like(bits, _all_ones(m)), masks)
 
     def init_fn(params: Any) -> SparsifyState:
-        masks, skipped = select_leaves(params, include, m, transposable)
+        masks, skipped, views = select_leaves(params, include, m, transposable)
         if start_step == 0:
-            masks = solve_packed(masks, params)
+            masks = solve_packed(masks, params, views)
         else:
             masks = map_masks(lambda _, p: _packed_ones(p, m), masks, params)
         return SparsifyState(
@@ -157,6 +157,7 @@ def sparsify(
             m=m,
             transposable=transposable,
             skipped=skipped,
+            views=views,
         )
 
     def update_fn(updates, state: SparsifyState, params=None, **extra_args):
@@ -180,7 +181,7 @@ def sparsify(
             branch,
             [
                 lambda: state.masks,
-                lambda: solve_packed(state.masks, params),
+                lambda: solve_packed(state.masks, params, state.views),
                 lambda: dense_masks(state.masks),
             ],
         )
@@ -189,19 +190,32 @@ def sparsify(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _solve_packed_tree(masks: Any, params: Any, n: int, m: int, transposable: bool, solver):
+def _solve_packed_tree(
+    masks: Any, params: Any, n: int, m: int, transposable: bool, solver, views: dict
+):
     """Packed masks of the leaves of ``params`` where ``masks`` is not None, all solved by
-    one call (:func:`_solve_packed`); a pytree like ``map_masks(fn, masks, params)``."""
+    one call (:func:`_solve_packed`); a pytree like ``map_masks(fn, masks, params)``.
+    Kernels with a :class:`~jaxnm._params.KernelView` (``views``, by path) are solved on
+    their flattened ``(in, out)`` view."""
     selected = map_masks(lambda _, p: variable_array(p), masks, params)
-    leaves, treedef = jax.tree.flatten(selected)
-    if not leaves:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(selected)
+    if not flat:
         return selected
-    packed = _solve_packed(tuple(leaves), n=n, m=m, transposable=transposable, solver=solver)
+    leaves, matrices = [], []
+    for path, w in flat:
+        view = views.get(key_path_names(path))
+        matrices.append(None if view is None else view.matrix_shape(w.shape))
+        leaves.append(w)
+    packed = _solve_packed(
+        tuple(leaves), n=n, m=m, transposable=transposable, solver=solver, views=tuple(matrices)
+    )
     return jax.tree.unflatten(treedef, packed)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "m", "transposable", "solver"))
-def _solve_packed(ws: tuple, *, n: int, m: int, transposable: bool, solver) -> list:
+@functools.partial(jax.jit, static_argnames=("n", "m", "transposable", "solver", "views"))
+def _solve_packed(
+    ws: tuple, *, n: int, m: int, transposable: bool, solver, views: tuple = ()
+) -> list:
     """Packed masks of the weights ``ws``, one compiled call for all of them.
 
     :func:`jaxnm.masks.kernel.kernel_masks`; transposable:
@@ -210,9 +224,13 @@ def _solve_packed(ws: tuple, *, n: int, m: int, transposable: bool, solver) -> l
     weights may be sharded: every tile grid kept, so no tile leaves its device). A jitted
     module-level function, so compiled solvers are cached by shapes and settings across
     :func:`sparsify` instances, and ``init`` and the refresh branch trace the same code.
+    ``views``: per weight, None or the 2-D ``(in, out)`` shape its mask is solved on (then
+    reshaped back to the weight's shape before packing).
     """
-    masks = kernel_masks(ws, n, m, transposable=transposable, solver=solver)
-    return [pack(mask, m) for mask in masks]
+    views = views or (None,) * len(ws)
+    flat = [w if view is None else w.reshape(view) for w, view in zip(ws, views, strict=True)]
+    masks = kernel_masks(flat, n, m, transposable=transposable, solver=solver)
+    return [pack(mask.reshape(w.shape), m) for mask, w in zip(masks, ws, strict=True)]
 
 
 def _add_srste(updates: Any, masks: Any, params: Any, srste, m: int) -> Any:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnm._params import Path, Skipped, key_path_names
+from jaxnm._params import KernelView, Path, Skipped, key_path_names
 from jaxnm.masks.packing import unpack
 
 
@@ -33,6 +33,9 @@ class SparsifyState:
       m: the group size (static).
       transposable: whether the masks are transposable N:M (static).
       skipped: the parameters left dense at ``init``, each with the reason (static).
+      views: ``(path, KernelView)`` of the sparsified kernels whose masks are solved on a
+        flattened ``(in, out)`` view (``LinearGeneral`` kernels; static). The masks are
+        stored in the kernels' own shapes all the same.
     """
 
     count: jax.Array
@@ -41,6 +44,9 @@ class SparsifyState:
     m: int = dataclasses.field(metadata=dict(static=True))
     transposable: bool = dataclasses.field(metadata=dict(static=True))
     skipped: tuple[Skipped, ...] = dataclasses.field(metadata=dict(static=True))
+    views: tuple[tuple[Path, KernelView], ...] = dataclasses.field(
+        default=(), metadata=dict(static=True)
+    )
 
 
 def find_states(opt_state: Any) -> list[SparsifyState]:

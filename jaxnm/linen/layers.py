@@ -29,8 +29,8 @@ import jax
 import numpy as np
 
 from jaxnm._apply_masks import apply_masks
-from jaxnm._state import current_masks
-from jaxnm.linen.ops import DENSE, MASKS, NMConvGeneralDilated, NMDotGeneral
+from jaxnm._state import current_masks, find_states
+from jaxnm.linen.ops import DENSE, MASKS, VIEW, NMConvGeneralDilated, NMDotGeneral
 from jaxnm.ops import MVUE
 
 
@@ -82,7 +82,8 @@ def variables(params: Any, opt_state: Any) -> dict:
       ``{"params": apply_masks(params, masks), MASKS: collection}``: the params with every
       sparsified kernel masked (straight-through gradient to the dense params) and the
       :data:`MASKS` collection (bool masks of the sparsified kernels' shapes, :data:`DENSE`
-      for every other leaf named ``kernel``). Add other collections as usual, e.g.
+      for every other leaf named ``kernel``, and a :data:`~jaxnm.linen.ops.VIEW` entry beside
+      kernels masked on their flattened view). Add other collections as usual, e.g.
       ``{**jaxnm.linen.variables(params, opt_state), "batch_stats": stats}``.
 
     Raises:
@@ -95,7 +96,14 @@ def variables(params: Any, opt_state: Any) -> dict:
         masks,
         is_leaf=lambda x: x is None,
     )
-    return {"params": apply_masks(params, masks), MASKS: _prune_none(collection)}
+    collection = _prune_none(collection)
+    for state in find_states(opt_state):
+        for path, view in state.views:
+            node = collection
+            for key in path[:-1]:
+                node = node[key]
+            node[VIEW] = np.zeros((view.in_axes,), bool)
+    return {"params": apply_masks(params, masks), MASKS: collection}
 
 
 def _is_kernel(path) -> bool:

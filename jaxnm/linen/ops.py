@@ -32,6 +32,12 @@ RNG_STREAM = "mvue"
 DENSE = np.zeros((), bool)
 """The :data:`MASKS` entry of a kernel that the optimizer leaves dense (a 0-d False)."""
 
+VIEW = "kernel_view"
+"""The :data:`MASKS` entry beside ``kernel`` of a kernel whose mask is N:M on its flattened
+``(in, out)`` view (a ``DenseGeneral`` kernel selected with a :class:`jaxnm.KernelView`):
+a bool array of shape ``(in_axes,)`` (only its shape is read), written by
+:func:`jaxnm.linen.variables`."""
+
 
 class _NMOpBase(nn.Module):
     """Reads the parent layer's mask and ``grad_sparsity``.
@@ -93,7 +99,11 @@ class NMDotGeneral(_NMOpBase):
                 precision,
                 preferred_element_type=preferred_element_type,
             )
-        check_kernel_axes(dimension_numbers, jnp.ndim(rhs), self.parent.name)
+        view = (
+            self.parent.get_variable(MASKS, VIEW) if self.parent.has_variable(MASKS, VIEW) else None
+        )
+        in_axes = None if view is None else int(np.shape(view)[0])
+        check_kernel_axes(dimension_numbers, jnp.ndim(rhs), self.parent.name, in_axes)
 
         def op(a, b, spec, key):
             return nm_dot_general(
@@ -142,9 +152,13 @@ def _forward_only(fn: Callable, message: str) -> Callable:
     return f
 
 
-def check_kernel_axes(dimension_numbers, rhs_ndim: int, layer: str | None) -> None:
-    """N:M groups run along the kernel's axis -2, which must be contracted; axis -1 must be
-    an output axis (so the transposed mask serves the input gradient).
+def check_kernel_axes(
+    dimension_numbers, rhs_ndim: int, layer: str | None, in_axes: int | None = None
+) -> None:
+    """The kernel's mask must be N:M along its contraction, with the output axes free (so
+    the transposed mask serves the input gradient): with ``in_axes`` (a flattened-view mask,
+    :data:`VIEW`) the contracted axes are exactly the leading ``in_axes`` ones and there
+    are no batch axes; otherwise axis -2 is contracted and axis -1 is an output axis.
 
     Raises:
       ValueError: otherwise, naming the layer.
@@ -152,11 +166,22 @@ def check_kernel_axes(dimension_numbers, rhs_ndim: int, layer: str | None) -> No
     (_, rhs_contract), (_, rhs_batch) = dimension_numbers
     rhs_contract = {a % rhs_ndim for a in rhs_contract}
     rhs_batch = {a % rhs_ndim for a in rhs_batch}
+    if in_axes is not None:
+        if rhs_contract == set(range(in_axes)) and not rhs_batch:
+            return
+        raise ValueError(
+            f"layer `{layer}`: its mask is N:M on the flattened view of a kernel whose leading "
+            f"{in_axes} axes are contracted, but the layer contracts axes "
+            f"{sorted(rhs_contract)} (batch axes {sorted(rhs_batch)}) of its rank-{rhs_ndim} "
+            "kernel."
+        )
     rows, cols = rhs_ndim - 2, rhs_ndim - 1
     if rows in rhs_contract and cols not in rhs_contract and cols not in rhs_batch:
         return
     raise ValueError(
         f"layer `{layer}`: the kernel's last two axes must be (contracted, output) for N:M "
         f"masks along axis -2, got contracting axes {sorted(rhs_contract)} of a rank-{rhs_ndim} "
-        "kernel; exclude it with `include` in jaxnm.sparsify."
+        "kernel; exclude it with `include` in jaxnm.sparsify, or select it with "
+        "`jaxnm.linen.include(model, x, m=...)`, which masks DenseGeneral kernels on their "
+        "flattened (in, out) view."
     )

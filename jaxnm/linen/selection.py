@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from jaxnm._params import Include, Path, default_include
+from jaxnm._params import Include, KernelView, Path, default_skip_reason
 from jaxnm.linen.ops import NMConvGeneralDilated, NMDotGeneral
 
 
@@ -30,16 +30,19 @@ def include(model: nn.Module, *args: Any, m: int, transposable: bool = True) -> 
       transposable: as in ``sparsify``.
 
     Returns:
-      predicate ``(path, leaf) -> bool``: True for the ``kernel`` of every
+      predicate ``(path, leaf) -> bool | KernelView``: True for the ``kernel`` of every
       :class:`jaxnm.linen.Dense`, ``DenseGeneral`` and ``Conv`` (or any Flax layer whose
-      ``dot_general_cls`` / ``conv_general_dilated_cls`` is a jaxnm op) that tiles by ``m``
-      (the default rule); False for plain Flax layers (they stay dense).
+      ``dot_general_cls`` / ``conv_general_dilated_cls`` is a jaxnm op, e.g.
+      ``nn.MultiHeadDotProductAttention(qkv_dot_general_cls=jaxnm.linen.NMDotGeneral,
+      out_dot_general_cls=jaxnm.linen.NMDotGeneral)``) that tiles by ``m`` (the default
+      rule), a :class:`jaxnm.KernelView` for a ``DenseGeneral`` kernel of rank > 2 (masked on
+      its flattened ``(in, out)`` view); False for plain Flax layers (they stay dense).
 
     Example::
 
       tx = optax.chain(jaxnm.sparsify(2, 4, include=jaxnm.linen.include(model, x, m=4)), ...)
     """
-    paths: set[Path] = set()
+    paths: dict[Path, KernelView | None] = {}
 
     def record(next_fun, fn_args, fn_kwargs, context):
         module = context.module
@@ -47,14 +50,30 @@ def include(model: nn.Module, *args: Any, m: int, transposable: bool = True) -> 
             module, "conv_general_dilated_cls", None
         )
         if isinstance(op, type) and issubclass(op, (NMDotGeneral, NMConvGeneralDilated)):
-            paths.add(tuple(module.path) + ("kernel",))
+            paths[tuple(module.path) + ("kernel",)] = _view(module)
         return next_fun(*fn_args, **fn_kwargs)
 
     with nn.intercept_methods(record):
         jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *args)
-    tiles = default_include(m, transposable)
 
-    def select(path: Path, leaf) -> bool:
-        return tuple(path) in paths and tiles(path, leaf)
+    def select(path: Path, leaf) -> bool | KernelView:
+        path = tuple(path)
+        if path not in paths:
+            return False
+        view = paths[path]
+        if default_skip_reason(path, leaf, m, transposable, view) is not None:
+            return False
+        return view or True
 
     return select
+
+
+def _view(module: nn.Module) -> KernelView | None:
+    """The flattened view of a ``DenseGeneral`` kernel of rank > 2 (no batch axes)."""
+    if not isinstance(module, nn.DenseGeneral) or module.batch_dims:
+        return None
+    axis = module.axis if isinstance(module.axis, tuple | list) else (module.axis,)
+    features = module.features if isinstance(module.features, tuple | list) else (module.features,)
+    if len(axis) + len(features) <= 2:
+        return None
+    return KernelView(len(axis))

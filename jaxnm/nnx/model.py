@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnm._params import Path, format_path, key_path_names
+from jaxnm._params import KERNEL_VIEW, KernelView, Path, format_path, key_path_names
 from jaxnm._state import sparse_leaves, variable_value
 from jaxnm._summary import SparsitySummary, SummaryRow
 from jaxnm.masks.packing import unpack
@@ -30,6 +30,7 @@ ModelT = TypeVar("ModelT", bound=nnx.Module)
 # layer type -> name of its injectable op attribute, and the op module replacing it.
 _OP_ATTRS: tuple[tuple[type, str, type], ...] = (
     (nnx.Linear, "dot_general", NMDotGeneral),
+    (nnx.LinearGeneral, "dot_general", NMDotGeneral),
     (nnx.Conv, "conv_general_dilated", NMConv),
     (nnx.Einsum, "einsum_op", NMEinsum),
 )
@@ -45,6 +46,15 @@ class Optimizer(nnx.Optimizer):
                                       wrt=nnx.Param)
     """
 
+    def __init__(self, model, tx, *args, **kwargs):
+        """``nnx.Optimizer(model, tx, ...)``; first tags every ``nnx.LinearGeneral`` kernel of
+        ``model`` with its :class:`jaxnm.KernelView` (metadata :data:`jaxnm.KERNEL_VIEW`), so
+        that :func:`jaxnm.sparsify`'s default selection masks it on its flattened ``(in,
+        out)`` view (e.g. the ``(in, heads, head_dim)`` projections of
+        ``nnx.MultiHeadAttention``)."""
+        tag_kernel_views(model)
+        super().__init__(model, tx, *args, **kwargs)
+
     def update(self, model, grads, /, **kwargs):
         """``nnx.Optimizer.update``, then every sparsified layer of ``model`` gets its new
         mask. Works eagerly and under ``nnx.jit`` in graph or tree mode.
@@ -57,6 +67,18 @@ class Optimizer(nnx.Optimizer):
         for path, bits, _ in sparse_leaves(self.opt_state):
             _op_of(model, path, "update").bits[...] = jnp.asarray(variable_value(bits))
         return updates
+
+
+def tag_kernel_views(model: nnx.Module) -> None:
+    """Sets the :data:`jaxnm.KERNEL_VIEW` metadata of every ``nnx.LinearGeneral`` kernel of
+    ``model`` without batch axes: its leading ``len(in_features)`` axes are contracted
+    (:class:`jaxnm.KernelView`). Called by :class:`Optimizer`; a kernel that already has
+    the metadata keeps it."""
+    for _, module in nnx.iter_modules(model):
+        if not isinstance(module, nnx.LinearGeneral) or module.batch_axis:
+            continue
+        if not module.kernel.has_metadata(KERNEL_VIEW):
+            module.kernel.set_metadata(KERNEL_VIEW, KernelView(len(module.in_features)))
 
 
 def sparsify_model(
@@ -129,9 +151,10 @@ def sparsify_model(
         if found is None:
             raise ValueError(
                 f"parameter `{format_path(path)}` (path {path!r}) is sparsified by the "
-                "optimizer, but jaxnm.nnx only wraps the kernels of nnx.Linear, nnx.Conv and "
-                f"nnx.Einsum (got {type(layer).__name__}). Exclude it with `include=` in "
-                "jaxnm.sparsify, or mask it yourself with jaxnm.apply_masks."
+                "optimizer, but jaxnm.nnx only wraps the kernels of nnx.Linear, "
+                f"nnx.LinearGeneral, nnx.Conv and nnx.Einsum (got {type(layer).__name__}). "
+                "Exclude it with `include=` in jaxnm.sparsify, or mask it yourself with "
+                "jaxnm.apply_masks."
             )
         name, op_cls = found
         if backend != "xla" and op_cls is not NMDotGeneral:
@@ -139,6 +162,15 @@ def sparsify_model(
                 f"backend={backend!r} runs nnx.Linear kernels only; `{format_path(path)}` is "
                 f"the kernel of a {type(layer).__name__}. Exclude it with `include=` in "
                 "jaxnm.sparsify, or use backend='xla'."
+            )
+        if isinstance(layer, nnx.LinearGeneral) and (
+            layer.dot_general_cls is not None or layer.batch_axis
+        ):
+            raise ValueError(
+                f"`{format_path(path)}` is the kernel of an nnx.LinearGeneral with "
+                + ("batch axes" if layer.batch_axis else "a `dot_general_cls`")
+                + ", which jaxnm.nnx cannot route through the N:M op. Exclude it with "
+                "`include=` in jaxnm.sparsify."
             )
         if isinstance(layer, nnx.Einsum) and layer.einsum_str is not None:
             spec = layer.einsum_str

@@ -244,3 +244,50 @@ def test_mixed_linen_model_trains_sparse_under_the_default_selection():
     )(params)
     for name in ("plain", "plain_conv"):
         np.testing.assert_allclose(g[name]["kernel"], g_ste[name]["kernel"], rtol=1e-5, atol=1e-7)
+
+
+def test_multi_head_dot_product_attention_on_the_flat_view():
+    """nn.MultiHeadDotProductAttention with jaxnm's op in its DenseGeneral seams, selected by
+    jl.include: the (in, heads, head_dim) and (heads, head_dim, out) kernels get transposable
+    masks on their flattened (in, out) view, and the forward uses them."""
+
+    class Attention(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.MultiHeadDotProductAttention(
+                num_heads=4,
+                qkv_features=16,
+                qkv_dot_general_cls=jl.NMDotGeneral,
+                out_dot_general_cls=jl.NMDotGeneral,
+                name="attn",
+            )(x)
+
+    model, x = Attention(), jax.random.normal(jax.random.key(0), (2, 4, 16))
+    params = model.init(jax.random.key(1), x)["params"]
+    tx = optax.chain(jaxnm.sparsify(N, M, include=jl.include(model, x, m=M)), optax.sgd(0.1))
+    opt_state = tx.init(params)
+    masks = jaxnm.current_masks(opt_state)["attn"]
+    for name, shape in (("query", (16, 4, 4)), ("key", (16, 4, 4)), ("out", (4, 4, 16))):
+        mask = masks[name]["kernel"]
+        assert mask.shape == shape
+        assert bool(jaxnm.is_transposable_nm(mask.reshape(16, 16), N, M)), name
+
+    def loss(p, opt_state):
+        return jnp.mean(model.apply(jl.variables(p, opt_state), x) ** 2)
+
+    grads = jax.jit(jax.grad(loss))(params, opt_state)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    exported = jaxnm.apply_masks(params, jaxnm.current_masks(opt_state))
+    plain = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=16)
+    np.testing.assert_allclose(
+        model.apply(jl.variables(params, opt_state), x),
+        plain.apply({"params": exported["attn"]}, x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # Without the flattened view (the default selection tiles the last two axes), the op
+    # refuses the (in, heads, head_dim) kernel instead of running wrong-axis masks.
+    state = jaxnm.sparsify(N, M).init(params)
+    with pytest.raises(ValueError, match="jaxnm.linen.include"):
+        model.apply(jl.variables(params, state), x)

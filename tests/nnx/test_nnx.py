@@ -177,13 +177,14 @@ def _assert_equal(a, b):
 
 
 def test_errors():
-    class WithGeneral(nnx.Module):
+    class WithEmbed(nnx.Module):
         def __init__(self, rngs):
-            self.g = nnx.LinearGeneral(8, (4, 8), rngs=rngs)
+            self.g = nnx.Embed(8, 8, rngs=rngs)
 
-    model = WithGeneral(nnx.Rngs(0))
-    opt = jaxnm.nnx.Optimizer(model, jaxnm.sparsify(N, M), wrt=nnx.Param)
-    with pytest.raises(ValueError, match="g/kernel"):
+    model = WithEmbed(nnx.Rngs(0))
+    tx = jaxnm.sparsify(N, M, include=lambda path, leaf: path[-1] == "embedding")
+    opt = jaxnm.nnx.Optimizer(model, tx, wrt=nnx.Param)
+    with pytest.raises(ValueError, match="g/embedding"):
         jaxnm.nnx.sparsify_model(model, opt)
     model, optimizer = _setup(MLP, grad_sparsity=None)
     with pytest.raises(ValueError, match="rngs"):
@@ -302,3 +303,47 @@ def test_summary_of_an_nnx_model():
         k for k, r in rows.items() if r.sparse
     }
     assert "l1/kernel" in str(from_state) and "not multiples of m=4" in str(from_state)
+
+
+class Attention(nnx.Module):
+    """A stock nnx.MultiHeadAttention: its LinearGeneral kernels are (in, heads, head_dim)
+    for query/key/value and (heads, head_dim, out) for the output projection."""
+
+    def __init__(self, rngs):
+        self.attn = nnx.MultiHeadAttention(
+            num_heads=4, in_features=16, qkv_features=16, decode=False, rngs=rngs
+        )
+
+    def __call__(self, x):
+        return self.attn(x)
+
+
+def test_multi_head_attention_kernels_get_transposable_masks_on_the_flat_view():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 16))
+    y = jnp.ones((2, 4, 16))
+    losses = {}
+    for mode in ("graph", "tree"):
+        model = Attention(nnx.Rngs(1))
+        tx = optax.chain(jaxnm.sparsify(N, M, refresh_every=1), optax.adam(0.02))
+        optimizer = jaxnm.nnx.Optimizer(model, tx, wrt=nnx.Param)
+        jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=MVUE_2_4, rngs=nnx.Rngs(2))
+        step = _train_step if mode == "graph" else nnx.jit(_tree_step, graph=False)
+        losses[mode] = [float(step(model, optimizer, x, y)) for _ in range(2)]
+        masks = jaxnm.current_masks(optimizer.opt_state)["attn"]
+        for name, shape in (("query", (16, 4, 4)), ("value", (16, 4, 4)), ("out", (4, 4, 16))):
+            mask = masks[name]["kernel"]
+            assert mask.shape == shape
+            # Grouped along the contraction: transposable 2:4 on the flattened (in, out) view.
+            assert bool(jaxnm.is_transposable_nm(mask.reshape(16, 16), N, M)), name
+            layer = getattr(model.attn, name)
+            np.testing.assert_array_equal(layer_op(layer).mask(), mask)
+    np.testing.assert_allclose(losses["tree"], losses["graph"], rtol=1e-5)
+    # The forward uses the masks: the exported plain Flax model (masked kernels) agrees.
+    dense = jaxnm.nnx.export_dense(model)
+    assert not isinstance(dense.attn.query.dot_general, jaxnm.nnx.NMOp)
+    np.testing.assert_allclose(dense(x), model(x), rtol=1e-5, atol=1e-6)
+    kernel = dense.attn.query.kernel[...]
+    np.testing.assert_array_equal(kernel != 0, masks["query"]["kernel"])
+    # CompressedNM cannot hold a flattened-view mask: a clear error, not a wrong result.
+    with pytest.raises(ValueError, match="flattened"):
+        jaxnm.compress_params(nnx.state(model, nnx.Param), optimizer.opt_state)
