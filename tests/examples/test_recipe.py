@@ -6,7 +6,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -134,25 +133,6 @@ def test_resume_accepts_configs_saved_before_new_settings(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="srste"):
         training.check_config(tmp_path / "config.json", dataclasses.replace(cfg, srste=1e-3))
-
-
-def test_train_run_with_recipe_flags_ends_transposable(tmp_path):
-    tiny = ["--epochs", "2", "--batch-size", "32", "--train-limit", "64", "--test-limit", "32"]
-    flags = ["--sparsity", "2:4", "--transposable", "--refresh-every", "1", "--sparse-start"]
-    flags += ["0.5", "--srste", "0.01", "--mask-method", "exhaustive", "--no-progress"]
-    history = train_script.main([*tiny, *flags, "--out", str(tmp_path)])
-    assert [r["step"] for r in history] == [2, 4]
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert (saved["sparse_start"], saved["srste"], saved["mask_method"]) == (
-        0.5,
-        0.01,
-        "exhaustive",
-    )
-    _, _, optimizer, _ = training.load_run(tmp_path)
-    masks = [m for m in jax.tree.leaves(jaxnm.current_masks(optimizer.opt_state)) if m is not None]
-    assert len(masks) == 8
-    for mask in masks:
-        assert bool(jaxnm.is_transposable_nm(mask, 2, 4))
 
 
 def test_flags_are_derived_from_config_fields():

@@ -38,7 +38,11 @@ def runs(tmp_path_factory):
     dense = root / "dense"
     sparse = root / "sparse"
     train_script.main([*TINY, "--model", "resnet", "--out", str(dense), "--no-progress"])
+    # The sparse run also carries the recipe flags (dense start, SR-STE, refresh every step,
+    # the exhaustive solver): one compiled sparse ResNet run serves both (CI budget).
     sparse_args = ["--sparsity", "2:4", "--transposable", "--grad-sparsity", "mvue_1_2"]
+    sparse_args += ["--refresh-every", "1", "--sparse-start", "0.5", "--srste", "0.01"]
+    sparse_args += ["--mask-method", "exhaustive"]
     train_script.main([*TINY, *sparse_args, "--model", "resnet", "--out", str(sparse)])
     return {"dense": dense, "sparse": sparse, "sparse_args": sparse_args}
 
@@ -75,6 +79,16 @@ def test_sparse_resnet_masks_are_transposable(runs):
         for name in path[:-1]:
             node = node[name] if isinstance(name, int) else getattr(node, name)
         assert bool(np.all(np.where(mask, True, np.asarray(node.kernel[...]) == 0)))
+
+
+def test_recipe_flags_are_saved_with_the_run(runs):
+    saved = json.loads((runs["sparse"] / "config.json").read_text())
+    assert (saved["sparse_start"], saved["srste"], saved["mask_method"]) == (
+        0.5,
+        0.01,
+        "exhaustive",
+    )
+    assert saved["refresh_every"] == 1 and saved["transposable"] is True
 
 
 def test_resume_continues_bit_identically(runs, tmp_path):
