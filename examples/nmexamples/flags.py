@@ -6,8 +6,8 @@ field's ``metadata`` may add ``help`` and ``choices``::
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        lr: float = dataclasses.field(default=3e-3, metadata={"help": "peak learning rate"})
-        model: str = dataclasses.field(default="resnet", metadata={"choices": ("resnet", "vit")})
+        lr: float = field(3e-3, "peak learning rate")
+        model: str = field("resnet", choices=("resnet", "vit"))
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, Config())
@@ -16,8 +16,9 @@ field's ``metadata`` may add ``help`` and ``choices``::
 Types: ``bool`` fields become ``--flag`` / ``--no-flag`` pairs (``BooleanOptionalAction``,
 also for ``bool | None``); ``int``, ``float`` and ``str`` fields, optionally ``| None``
 (then the flag takes a value of that type and defaults to the field's default). Used by
-``examples/train.py`` and ``examples/run_accuracy_table.py`` through
-:func:`nmexamples.training.add_recipe_arguments`; generic, for any example's config.
+``examples/train.py``, ``examples/run_accuracy_table.py`` (through
+:func:`nmexamples.training.add_recipe_arguments`) and ``examples/lm.py``; generic, for any
+example's config.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from collections.abc import Iterable
 from typing import Any
 
 _SCALARS = (int, float, str)
+
+
+def field(default, help: str | None = None, choices=None):
+    """A dataclass field with the ``help`` and ``choices`` of its command-line flag."""
+    metadata = {"help": help} if help else {}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def add_arguments(

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import jaxnm
 from jaxnm import key_path_names
-from nmexamples import checkpoint, gpt, text, training
+from nmexamples import checkpoint, flags, gpt, sparse, text, training
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
@@ -76,21 +76,27 @@ class LMConfig:
       progress: show a tqdm progress bar.
     """
 
-    data: str = "stdlib"
-    text_field: str = "text"
-    sparsity: str = "dense"
-    transposable: bool = True
-    grad_sparsity: str = "none"
+    data: str = flags.field(
+        "stdlib", "stdlib | pydoc-topics | a .txt/.jsonl file or a directory of text files"
+    )
+    text_field: str = flags.field("text", "text key of .jsonl records")
+    sparsity: str = flags.field("dense", choices=sparse.SPARSITIES)
+    transposable: bool = flags.field(
+        True, "transposable N:M masks (N:M along both kernel axes; default, as jaxnm.sparsify)"
+    )
+    grad_sparsity: str = flags.field(
+        "none", "MVUE pruning of the neural gradients of the sparse layers", sparse.GRAD_SPARSITIES
+    )
     steps: int = 250
     batch_size: int = 16
-    context: int = 128
+    context: int = flags.field(128, "bytes of context")
     dim: int = 64
     depth: int = 4
     heads: int = 4
     mlp_ratio: int = 4
-    dtype: str = "float32"
-    out: str = "runs/lm"
-    resume: bool = False
+    dtype: str = flags.field("float32", "computation dtype", DTYPES)
+    out: str = flags.field("runs/lm", "run directory (default: runs/<run label>)")
+    resume: bool = flags.field(False, "continue from the latest checkpoint")
     seed: int = 0
     lr: float = 5e-3
     weight_decay: float = 0.01
@@ -103,7 +109,7 @@ class LMConfig:
     eval_every: int = 50
     eval_tokens: int = 16384
     sample_bytes: int = 256
-    progress: bool = True
+    progress: bool = flags.field(True, "show a progress bar")
 
 
 # Settings that may change on --resume without changing the trained model.

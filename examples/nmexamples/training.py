@@ -33,14 +33,6 @@ import jaxnm.nnx
 from nmexamples import checkpoint, data, flags, models, sparse
 
 
-def _flag(default, help: str | None = None, choices=None):
-    """A field with the ``help`` and ``choices`` of its command-line flag (nmexamples.flags)."""
-    metadata = {"help": help} if help else {}
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run (the flags of ``examples/train.py``).
@@ -83,40 +75,42 @@ class TrainConfig:
       progress: show a tqdm progress bar per epoch.
     """
 
-    model: str = _flag("resnet", choices=models.MODELS)
-    sparsity: str = _flag("dense", choices=sparse.SPARSITIES)
-    transposable: bool = _flag(
+    model: str = flags.field("resnet", choices=models.MODELS)
+    sparsity: str = flags.field("dense", choices=sparse.SPARSITIES)
+    transposable: bool = flags.field(
         True, "transposable N:M masks (N:M along both kernel axes; default, as jaxnm.sparsify)"
     )
-    grad_sparsity: str = _flag(
+    grad_sparsity: str = flags.field(
         "none", "MVUE pruning of the neural gradients of the sparse layers", sparse.GRAD_SPARSITIES
     )
     epochs: int = 30
     batch_size: int = 64
-    data: str = _flag("digits", choices=data.DATASETS)
-    data_dir: str | None = _flag(None, "directory of the CIFAR-10 pickle batches")
-    out: str = _flag("runs/example", "run directory")
-    resume: bool = _flag(False, "continue from the latest checkpoint")
+    data: str = flags.field("digits", choices=data.DATASETS)
+    data_dir: str | None = flags.field(None, "directory of the CIFAR-10 pickle batches")
+    out: str = flags.field("runs/example", "run directory")
+    resume: bool = flags.field(False, "continue from the latest checkpoint")
     seed: int = 0
-    lr: float = _flag(3e-3, "peak AdamW learning rate")
+    lr: float = flags.field(3e-3, "peak AdamW learning rate")
     weight_decay: float = 5e-4
-    refresh_every: int = _flag(40, "steps between mask refreshes (sparse runs)")
-    freeze_masks: float = _flag(
+    refresh_every: int = flags.field(40, "steps between mask refreshes (sparse runs)")
+    freeze_masks: float = flags.field(
         0.8, "fraction of training after which masks stop changing (1.0: never)"
     )
-    sparse_start: float = _flag(
+    sparse_start: float = flags.field(
         0.0, "fraction of training run dense before the masks apply (0.0: sparse from step 0)"
     )
-    srste: float = _flag(
+    srste: float = flags.field(
         0.0, "SR-STE weight: adds SRSTE * (1 - mask) * w to the gradients of sparse kernels"
     )
-    mask_method: str = _flag(
+    mask_method: str = flags.field(
         "auto", "transposable mask solver (auto: optimal for 2:4)", sorted(jaxnm.masks.SOLVERS)
     )
-    augment: bool | None = _flag(None, "random shifts/flips (default: on for the ResNet only)")
-    train_limit: int | None = _flag(None, "use the first N training examples")
-    test_limit: int | None = _flag(None, "use the first N test examples")
-    progress: bool = _flag(True, "show a progress bar per epoch")
+    augment: bool | None = flags.field(
+        None, "random shifts/flips (default: on for the ResNet only)"
+    )
+    train_limit: int | None = flags.field(None, "use the first N training examples")
+    test_limit: int | None = flags.field(None, "use the first N test examples")
+    progress: bool = flags.field(True, "show a progress bar per epoch")
 
 
 #: The training recipe: the :class:`TrainConfig` fields that
@@ -152,11 +146,19 @@ def recipe_kwargs(
     return flags.config_kwargs(args, TrainConfig(), fields)
 
 
-def run_label(cfg: TrainConfig) -> str:
+def run_label(cfg, *, model: str | None = None, data: str | None = None) -> str:
     """The run's name: ``"resnet_digits_48t_mvue_1_2_seed0"`` (model, data, sparsity with
     ``t`` for transposable, gradient pruning, seed); the default run directory of
-    ``examples/train.py`` is ``runs/<label>``."""
-    name = f"{cfg.model}_{cfg.data}_{cfg.sparsity.replace(':', '')}"
+    ``examples/train.py`` and ``examples/lm.py`` is ``runs/<label>``.
+
+    Args:
+      cfg: a config with ``sparsity``, ``transposable``, ``grad_sparsity`` and ``seed`` (a
+        :class:`TrainConfig` or an ``LMConfig``).
+      model, data: the first two parts; default ``cfg.model`` and ``cfg.data``.
+    """
+    model = cfg.model if model is None else model
+    data = cfg.data if data is None else data
+    name = f"{model}_{data}_{cfg.sparsity.replace(':', '')}"
     if cfg.transposable and cfg.sparsity != "dense":
         name += "t"
     if cfg.grad_sparsity != "none":
