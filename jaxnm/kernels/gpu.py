@@ -11,16 +11,16 @@ is used; Hopper's sparse MMA is not reachable from Pallas.
 ``pl.pallas_call`` on GPU lowers to Triton (the Triton ``CompilerParams`` here set warps and
 stages); Mosaic GPU is reached only through ``plgpu.kernel`` (see
 :mod:`jaxnm.kernels.mosaic_gpu`). jax >= 0.11 deprecates the Pallas Triton backend and warns
-(a ``DeprecationWarning``) each time a Triton ``pallas_call`` is lowered; that happens
-inside jax's lowering, where jaxnm cannot catch it, so importing this module installs one
-``warnings`` filter that ignores exactly that message (it also silences it for other
-Triton ``pallas_call`` users in the process). The kernel stays while jax ships the backend.
+(a ``DeprecationWarning``) each time a Triton ``pallas_call`` is lowered. The kernel's
+``pallas_call`` is bound through :func:`~jaxnm.kernels.quiet_lowering.call_quietly`, whose
+lowering rule ignores exactly that message while *this* kernel is lowered: jaxnm's calls do
+not warn, other Triton ``pallas_call`` code in the process still does. The kernel stays while
+jax ships the backend.
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +32,9 @@ from jaxnm.compressed import CompressedNM
 from jaxnm.kernels.blocks import BlockSizes
 from jaxnm.kernels.common import kernel_blocks, pad_rows, poison, round_up
 from jaxnm.kernels.expand import RUN, expand_tile
+from jaxnm.kernels.quiet_lowering import call_quietly
 
-warnings.filterwarnings(
-    "ignore",
-    message="The Pallas Triton backend is deprecated",
-    category=DeprecationWarning,
-)
+TRITON_DEPRECATION = "The Pallas Triton backend is deprecated"  # jax >= 0.11, at lowering
 
 
 def _kernel(x_ref, v_ref, p_ref, *refs, n, m, bits, block_k, num_k, compute_dtype):
@@ -81,43 +78,74 @@ def nm_matmul_gpu(
       ``(T, N)`` in ``result_type(x, c.dtype)``, float32 accumulation.
     """
     block = kernel_blocks(x, c, block_sizes, "gpu")
-    (tokens, k), n_out = x.shape, c.shape[1]
-    bt, bk, bn = block.block_t, block.block_k, block.block_n
-    padded = round_up(tokens, bt)
-    out_dtype = jnp.result_type(x, c.dtype)
-    kc, planes_rows = c.values.shape[0], c.indices.shape[1]
-    in_specs = [
-        pl.BlockSpec((bt, k), lambda i, j: (i, 0)),
-        pl.BlockSpec((kc, bn), lambda i, j: (0, j)),
-        pl.BlockSpec((c.bits, planes_rows, bn), lambda i, j: (0, 0, j)),
-    ]
-    out_spec = pl.BlockSpec((bt, bn), lambda i, j: (i, j))
-    args = [pad_rows(x, padded), c.values, c.indices]
-    aliases = {}
-    if poison_output:
-        in_specs.append(out_spec)
-        args.append(poison((padded, n_out), out_dtype))
-        aliases = {3: 0}
-    kernel = functools.partial(
-        _kernel,
+    tokens, padded = x.shape[0], round_up(x.shape[0], block.block_t)
+    call = _TritonCall(
+        block=block,
+        k=x.shape[1],
+        n_out=c.shape[1],
         n=c.n,
         m=c.m,
         bits=c.bits,
-        block_k=bk,
-        num_k=k // bk,
-        compute_dtype=out_dtype,
-    )
-    out = pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((padded, n_out), out_dtype),
-        grid=(padded // bt, n_out // bn),
-        in_specs=in_specs,
-        out_specs=out_spec,
-        input_output_aliases=aliases,
-        compiler_params=pltriton.CompilerParams(
-            num_warps=block.num_warps, num_stages=block.num_stages
-        ),
+        out_dtype=jnp.dtype(jnp.result_type(x, c.dtype)),
+        poison_output=poison_output,
         interpret=interpret,
-        name="nm_matmul_gpu",
-    )(*args)
+    )
+    out = call_quietly(call, pad_rows(x, padded), c.values, c.indices, ignore=(TRITON_DEPRECATION,))
     return out[:tokens]
+
+
+@dataclasses.dataclass(frozen=True)
+class _TritonCall:
+    """The kernel's ``pallas_call`` on padded ``x (T', K)``, values and index planes."""
+
+    block: BlockSizes
+    k: int
+    n_out: int
+    n: int
+    m: int
+    bits: int
+    out_dtype: jnp.dtype
+    poison_output: bool
+    interpret: bool
+
+    def __call__(self, x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+        bt, bk, bn = self.block.block_t, self.block.block_k, self.block.block_n
+        padded, k, n_out = x.shape[0], self.k, self.n_out
+        kc, planes_rows = values.shape[0], indices.shape[1]
+        in_specs = [
+            pl.BlockSpec((bt, k), lambda i, j: (i, 0)),
+            pl.BlockSpec((kc, bn), lambda i, j: (0, j)),
+            pl.BlockSpec((self.bits, planes_rows, bn), lambda i, j: (0, 0, j)),
+        ]
+        out_spec = pl.BlockSpec((bt, bn), lambda i, j: (i, j))
+        args = [x, values, indices]
+        aliases = {}
+        if self.poison_output:
+            in_specs.append(out_spec)
+            args.append(poison((padded, n_out), self.out_dtype))
+            aliases = {3: 0}
+
+        def kernel(*refs):
+            _kernel(
+                *refs,
+                n=self.n,
+                m=self.m,
+                bits=self.bits,
+                block_k=bk,
+                num_k=k // bk,
+                compute_dtype=self.out_dtype,
+            )
+
+        return pl.pallas_call(
+            kernel,
+            out_shape=jax.ShapeDtypeStruct((padded, n_out), self.out_dtype),
+            grid=(padded // bt, n_out // bn),
+            in_specs=in_specs,
+            out_specs=out_spec,
+            input_output_aliases=aliases,
+            compiler_params=pltriton.CompilerParams(
+                num_warps=self.block.num_warps, num_stages=self.block.num_stages
+            ),
+            interpret=self.interpret,
+            name="nm_matmul_gpu",
+        )(*args)

@@ -140,13 +140,18 @@ class GpuCompile:
     Attributes:
       compiled: the ``jax.stages.Compiled`` (compile-only: it cannot be called).
       hlo: the optimised HLO module text (``compiled.as_text()``): custom calls, fusions.
-      ptx: the PTX that XLA emitted for the module's kernels, concatenated; ``""`` unless
-        ``ptx=True`` was passed.
+      ptx: the PTX that XLA emitted for the module's kernels (Triton's included),
+        concatenated; ``""`` unless ``ptx=True`` was passed.
+      mosaic_ptx: the PTX of the module's Mosaic GPU kernels that this compile built,
+        concatenated; ``""`` unless ``ptx=True``. The CUDA plugin builds each distinct Mosaic
+        GPU module once per process (keyed by its ``kernel_hash``): one built by an earlier
+        compile in the process is reused and not dumped again.
     """
 
     compiled: Any
     hlo: str
     ptx: str
+    mosaic_ptx: str = ""
 
 
 def compile_for_gpu(
@@ -160,10 +165,11 @@ def compile_for_gpu(
       *args: pytrees whose leaves are arrays or ``jax.ShapeDtypeStruct`` (values are never
         read); every leaf is placed on the device.
       ptx: also return the PTX (slower): XLA's own kernels (Triton included) are dumped with
-        ``xla_dump_to``; Mosaic GPU kernels, which the CUDA plugin compiles during the same
-        XLA compile, through its ``MOSAIC_GPU_DUMP_PTX`` / ``MOSAIC_GPU_DUMP_TO`` environment
-        variables, set for the duration of the call (process-wide: do not compile
-        concurrently from other threads while ``ptx=True``).
+        ``xla_dump_to`` (``GpuCompile.ptx``); Mosaic GPU kernels, which the CUDA plugin
+        compiles during the same XLA compile (``GpuCompile.mosaic_ptx``), through its
+        ``MOSAIC_GPU_DUMP_PTX`` / ``MOSAIC_GPU_DUMP_TO`` environment variables, set for the
+        duration of the call (process-wide: do not compile concurrently from other threads
+        while ``ptx=True``).
 
     Returns:
       :class:`GpuCompile`. jax >= 0.11's Pallas GPU lowerings ask the default device which
@@ -173,14 +179,17 @@ def compile_for_gpu(
     sharding = SingleDeviceSharding(device)
     placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
     with tempfile.TemporaryDirectory() as dump, jax.default_device(device):
-        env = {"MOSAIC_GPU_DUMP_PTX": "1", "MOSAIC_GPU_DUMP_TO": dump} if ptx else {}
+        mosaic = Path(dump) / "mosaic_gpu"
+        mosaic.mkdir()
+        env = {"MOSAIC_GPU_DUMP_PTX": "1", "MOSAIC_GPU_DUMP_TO": str(mosaic)} if ptx else {}
         with _environment(env):
             lowered = jax.jit(fn).lower(*placed)
             # jaxlib 0.10 dumps PTX with xla_dump_to alone; 0.12 also needs the emitter filter.
             options = {"xla_dump_to": dump, "xla_dump_emitter_re": "ptx"} if ptx else {}
             compiled = lowered.compile(compiler_options=options)
         text = "".join(p.read_text() for p in sorted(Path(dump).glob("*.ptx")))
-    return GpuCompile(compiled=compiled, hlo=compiled.as_text(), ptx=text)
+        mosaic_text = "".join(p.read_text() for p in sorted(mosaic.glob("*.ptx")))
+    return GpuCompile(compiled=compiled, hlo=compiled.as_text(), ptx=text, mosaic_ptx=mosaic_text)
 
 
 @contextlib.contextmanager
