@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +44,12 @@ from jaxnm._params import Include, key_path_names, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
 from jaxnm.masks.kernel import kernel_masks
-from jaxnm.masks.packing import MAX_GROUP, pack, packed_shape, unpack, word_dtype
+from jaxnm.masks.layers import default_plan, host_solver, layer_masks_host
+from jaxnm.masks.packing import MAX_GROUP, pack, pack_host, packed_shape, unpack, word_dtype
 from jaxnm.masks.solvers import MaskMethod, Solver, resolve_solver
+
+SolveOn = Literal["auto", "device", "host"]
+"""Where :func:`sparsify` solves transposable masks (see its ``solve_on``)."""
 
 
 def sparsify(
@@ -60,6 +64,7 @@ def sparsify(
     dense_tail: bool = False,
     srste: float | jax.Array = 0.0,
     include: Include | None = None,
+    solve_on: SolveOn = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     """N:M sparse training as an optax transform; chain it *first*.
 
@@ -97,6 +102,17 @@ def sparsify(
         selects nothing, raises a ``ValueError`` naming the paths. Under
         ``optax.inject_hyperparams`` list ``"include"`` in ``static_args`` (see
         :data:`jaxnm.SPARSIFY_STATIC_ARGS`).
+      solve_on: where transposable masks are solved, the same masks either way:
+        ``"auto"`` (default): ``init`` on the host by the solver's NumPy twin
+        (:func:`jaxnm.masks.layers.host_solver`: ``"greedy"``, and ``"auto"`` where it
+        means greedy), so ``init`` compiles no solver; the refresh branch of the train
+        step by the compiled solver (compiled with the step). ``"device"``: the compiled
+        solver at ``init`` too. ``"host"``: the twin in the step too, through
+        ``jax.pure_callback``: the step compiles no solver, but every refresh copies the
+        weights to the host and solves there, several times slower than the compiled
+        solver on the CPU (BENCHMARKS.md, "Start-up"). The host solves only weights on one
+        device with a solver that has a twin; elsewhere ``"auto"`` uses the device and
+        ``"host"`` raises.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`SparsifyState`. Its
@@ -136,9 +152,28 @@ def sparsify(
     if include is not None and not callable(include):
         raise TypeError(f"`include` must be a callable (path, leaf) -> bool, got {include!r}.")
     solver = resolve_solver(method)
+    if solve_on not in ("auto", "device", "host"):
+        raise ValueError(f"`solve_on` (={solve_on!r}) must be 'auto', 'device' or 'host'.")
+    if solve_on == "host" and not (transposable and host_solver(solver, n, m)):
+        raise ValueError(
+            f"`solve_on='host'` needs transposable masks and a solver with a NumPy twin "
+            f"('greedy', or 'auto' where it means greedy); got transposable={transposable}, "
+            f"method={method!r} at {n}:{m}."
+        )
 
-    def solve_packed(masks: Any, params: Any, views) -> Any:
-        return _solve_packed_tree(masks, params, n, m, transposable, solver, dict(views))
+    def solve_packed(masks: Any, params: Any, views, *, refresh: bool) -> Any:
+        on_host = solve_on == "host" or (solve_on == "auto" and not refresh)
+        return _solve_packed_tree(
+            masks,
+            params,
+            n,
+            m,
+            transposable,
+            solver,
+            dict(views),
+            on_host=on_host,
+            must=solve_on == "host",
+        )
 
     def dense_masks(masks: Any) -> Any:
         # full_like keeps the masks' sharding (lax.switch branches must agree on it).
@@ -147,7 +182,7 @@ def sparsify(
     def init_fn(params: Any) -> SparsifyState:
         masks, skipped, views = select_leaves(params, include, m, transposable)
         if start_step == 0:
-            masks = solve_packed(masks, params, views)
+            masks = solve_packed(masks, params, views, refresh=False)
         else:
             masks = map_masks(lambda _, p: _packed_ones(p, m), masks, params)
         return SparsifyState(
@@ -181,7 +216,7 @@ def sparsify(
             branch,
             [
                 lambda: state.masks,
-                lambda: solve_packed(state.masks, params, state.views),
+                lambda: solve_packed(state.masks, params, state.views, refresh=True),
                 lambda: dense_masks(state.masks),
             ],
         )
@@ -191,12 +226,27 @@ def sparsify(
 
 
 def _solve_packed_tree(
-    masks: Any, params: Any, n: int, m: int, transposable: bool, solver, views: dict
+    masks: Any,
+    params: Any,
+    n: int,
+    m: int,
+    transposable: bool,
+    solver,
+    views: dict,
+    *,
+    on_host: bool,
+    must: bool = False,
 ):
     """Packed masks of the leaves of ``params`` where ``masks`` is not None, all solved by
-    one call (:func:`_solve_packed`); a pytree like ``map_masks(fn, masks, params)``.
-    Kernels with a :class:`~jaxnm._params.KernelView` (``views``, by path) are solved on
-    their flattened ``(in, out)`` view."""
+    one call; a pytree like ``map_masks(fn, masks, params)``. Kernels with a
+    :class:`~jaxnm._params.KernelView` (``views``, by path) are solved on their flattened
+    ``(in, out)`` view.
+
+    ``on_host``: where the solver has a NumPy twin (:func:`jaxnm.masks.layers.host_solver`)
+    and the weights sit on one device (``default_plan`` is ``"flat"``), the masks are
+    solved on the host (:func:`_solve_packed_host`), the same masks with no solver compile;
+    otherwise by the compiled :func:`_solve_packed` (``must``: raise instead).
+    """
     selected = map_masks(lambda _, p: variable_array(p), masks, params)
     flat, treedef = jax.tree_util.tree_flatten_with_path(selected)
     if not flat:
@@ -206,10 +256,40 @@ def _solve_packed_tree(
         view = views.get(key_path_names(path))
         matrices.append(None if view is None else view.matrix_shape(w.shape))
         leaves.append(w)
-    packed = _solve_packed(
-        tuple(leaves), n=n, m=m, transposable=transposable, solver=solver, views=tuple(matrices)
-    )
+    host = host_solver(solver, n, m) if on_host and transposable else None
+    if host is not None and default_plan(leaves) == "flat":
+        packed = _solve_packed_host(leaves, n, m, host, tuple(matrices))
+    elif must:
+        raise ValueError(
+            "`solve_on='host'` needs the weights on one device (this process sees "
+            f"{jax.device_count()} devices or the weights carry a sharding); use 'auto'."
+        )
+    else:
+        packed = _solve_packed(
+            tuple(leaves), n=n, m=m, transposable=transposable, solver=solver, views=tuple(matrices)
+        )
     return jax.tree.unflatten(treedef, packed)
+
+
+def _solve_packed_host(ws: list, n: int, m: int, host, views: tuple) -> list:
+    """Packed transposable masks of ``ws`` solved on the host by ``host`` (``views`` as in
+    :func:`_solve_packed`).
+
+    Concrete weights are copied to NumPy and the packed masks put back next to them; under
+    a trace (``init`` inside ``jit``) the same NumPy solve runs through
+    ``jax.pure_callback``. Either way XLA compiles no solver.
+    """
+
+    def solve(*arrays) -> list:
+        arrays = [np.asarray(a) for a in arrays]
+        flat = [a if v is None else a.reshape(v) for a, v in zip(arrays, views, strict=True)]
+        masks = layer_masks_host(flat, n, m, host)
+        return [pack_host(k.reshape(a.shape), m) for k, a in zip(masks, arrays, strict=True)]
+
+    if any(isinstance(w, jax.core.Tracer) for w in ws):
+        shapes = [jax.ShapeDtypeStruct(packed_shape(tuple(w.shape), m), word_dtype(m)) for w in ws]
+        return list(jax.pure_callback(solve, shapes, *ws, vmap_method="sequential"))
+    return [jax.device_put(p, w.sharding) for p, w in zip(solve(*ws), ws, strict=True)]
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "transposable", "solver", "views"))
@@ -269,6 +349,7 @@ SPARSIFY_STATIC_ARGS: tuple[str, ...] = (
     "end_step",
     "dense_tail",
     "include",
+    "solve_on",
 )
 """Every argument of :func:`sparsify` except ``srste``: the ``static_args`` of
 ``optax.inject_hyperparams(jaxnm.sparsify, static_args=jaxnm.SPARSIFY_STATIC_ARGS)``, which

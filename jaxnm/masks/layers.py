@@ -19,22 +19,32 @@ same masks:
 device, or a sharding in the arrays' types) and ``"flat"`` otherwise; :func:`default_compact`
 compacts only batches of at least :data:`COMPACT_MIN_TILES` tiles, measured by
 ``benchmarks/layer_masks.py`` (BENCHMARKS.md, "Layer masks").
+
+:func:`layer_masks_host` computes the same masks in NumPy for the solvers that have a host
+twin (:func:`host_solver`: ``"greedy"``, and ``"auto"`` where it means greedy), with no XLA
+compile: :func:`jaxnm.sparsify` solves its initial masks this way (BENCHMARKS.md,
+"Start-up").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnm._checks import check_floating, check_nm, check_tileable
 from jaxnm._sharding import explicit_sharding
+from jaxnm.masks import exhaustive, greedy, greedy_host, solvers
 from jaxnm.masks.scores import importance
 from jaxnm.masks.solvers import Solver
 from jaxnm.masks.tiles import from_tiles, to_tiles
+
+HostSolver = Callable[[np.ndarray, int], np.ndarray]
+"""``solve(scores: NumPy float32 (B, m, m), n: int) -> NumPy bool (B, m, m)``."""
 
 Plan = Literal["flat", "grid"]
 """How the tiles of several weights reach the solver (see the module docstring)."""
@@ -141,5 +151,59 @@ def layer_masks(
     out, start = [], 0
     for t, count in zip(tiles, counts, strict=True):
         out.append(from_tiles(keep[start : start + count].reshape(t.shape)))
+        start += count
+    return out
+
+
+def host_solver(solve: Solver, n: int, m: int) -> HostSolver | None:
+    """The NumPy twin of ``solve`` at ``n:m``, giving the same masks bit for bit, or None.
+
+    ``"greedy"`` (:func:`jaxnm.masks.greedy.solve`) has one,
+    :func:`jaxnm.masks.greedy_host.solve`, and so has ``"auto"`` where it resolves to
+    greedy (4:8, 8:16, ...); the other solvers and solver callables have none.
+    """
+    if solve is greedy.solve:
+        return greedy_host.solve
+    if solve is solvers.auto and not exhaustive.pattern_count_at_most(
+        n, m, exhaustive.AUTO_MAX_PATTERNS
+    ):
+        return greedy_host.solve
+    return None
+
+
+def layer_masks_host(
+    ws: Sequence[np.ndarray], n: int, m: int, solve: HostSolver
+) -> list[np.ndarray]:
+    """:func:`layer_masks` on the host: the tiles of every weight in one NumPy solve.
+
+    Args:
+      ws: NumPy floating arrays ``(..., R, C)`` (any float dtype, bfloat16 included),
+        ``R`` and ``C`` multiples of ``m``.
+      n, m: the pattern (static ints).
+      solve: a host solver (:func:`host_solver`).
+
+    Returns:
+      list of NumPy bool arrays, ``ws``'s shapes: the masks :func:`layer_masks` gives with
+      the device twin of ``solve``.
+
+    Raises:
+      ValueError: bad ``n``/``m``, a non-floating weight or one that does not tile by ``m``.
+    """
+    n, m = check_nm(n, m)
+    tiles = []
+    for i, w in enumerate(ws):
+        check_floating(w, name=f"ws[{i}]")
+        check_tileable(np.shape(w), m, name=f"ws[{i}]")
+        s = np.abs(np.asarray(w).astype(np.float32))  # importance(), on the host
+        s = np.where(np.isnan(s), np.float32(-1), s)
+        *lead, rows, cols = s.shape
+        tiles.append(np.swapaxes(s.reshape(*lead, rows // m, m, cols // m, m), -3, -2))
+    counts = [math.prod(t.shape[:-2]) for t in tiles]
+    flat = np.concatenate([t.reshape(-1, m, m) for t in tiles]) if tiles else None
+    keep = solve(flat, n) if sum(counts) else np.zeros((0, m, m), bool)
+    out, start = [], 0
+    for w, t, count in zip(ws, tiles, counts, strict=True):
+        grid = keep[start : start + count].reshape(t.shape)
+        out.append(np.swapaxes(grid, -3, -2).reshape(np.shape(w)))
         start += count
     return out

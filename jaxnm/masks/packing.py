@@ -73,6 +73,23 @@ def pack(mask: jax.Array, m: int) -> jax.Array:
     return jnp.sum(groups * weights, axis=-2, dtype=dtype)
 
 
+def pack_host(mask: np.ndarray, m: int) -> np.ndarray:
+    """:func:`pack` in NumPy (the same words), for masks computed on the host.
+
+    Args:
+      mask: NumPy array ``(..., R, C)`` (nonzero = kept), ``R`` a multiple of ``m``.
+      m: group size, ``1 <= m <= 32``.
+
+    Returns:
+      NumPy ``(..., R // m, C)`` array of :func:`word_dtype` ``(m)``.
+    """
+    dtype = word_dtype(m)
+    *lead, rows, cols = packed_shape(np.shape(mask), m)
+    groups = (np.asarray(mask) != 0).reshape(*lead, rows, m, cols).astype(dtype)
+    weights = (np.ones((), dtype) << np.arange(m, dtype=dtype)).reshape(m, 1)
+    return np.sum(groups * weights, axis=-2, dtype=dtype)
+
+
 def unpack(bits: jax.Array, m: int) -> jax.Array:
     """Inverse of :func:`pack`: ``(..., G, C)`` words to a bool mask ``(..., G * m, C)``.
 

@@ -55,8 +55,27 @@ def finite_scores(scores: jax.Array) -> jax.Array:
     m = scores.shape[-1]
     cap = jnp.float32(jnp.finfo(jnp.float32).max / (8.0 * m**3))
     finite = jnp.clip(jnp.where(jnp.isinf(scores), 0.0, scores), -1.0, cap)
-    big = jnp.sum(jnp.maximum(finite, 0.0), axis=(-2, -1), keepdims=True) + 1.0
-    return jnp.where(jnp.isinf(scores), big, finite)
+    total = pairwise_sum(jnp.maximum(finite, 0.0).reshape(scores.shape[0], m * m))
+    return jnp.where(jnp.isinf(scores), (total + 1.0)[:, None, None], finite)
+
+
+def pairwise_sum(x: jax.Array) -> jax.Array:
+    """Sums float ``(B, k)`` along the last axis in one fixed order: halves added
+    elementwise (odd lengths padded with a zero) until one column is left.
+
+    ``jnp.sum`` rounds in whatever order the backend's reduction takes (it differs with
+    the vector width and the fusion); this order is the same everywhere, so the host twin
+    :mod:`jaxnm.masks.greedy_host` reproduces :func:`finite_scores` bit for bit.
+
+    Returns:
+      ``(B,)``, ``x``'s dtype.
+    """
+    while x.shape[-1] > 1:
+        if x.shape[-1] % 2:
+            x = jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=-1)
+        half = x.shape[-1] // 2
+        x = x[:, :half] + x[:, half:]
+    return x[:, 0]
 
 
 def tolerance(scores: jax.Array) -> jax.Array:

@@ -23,8 +23,8 @@ def run_smoke(models: list[str]) -> str:
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for model in models:
-        assert f"| {model} | sparse / dense |" in out, out
-        assert f"{model}: init " in out and "first step" in out, out
+        assert f"| {model} | sparse auto / dense |" in out, out
+        assert f"{model} (sparse auto): init " in out and "first step" in out, out
     kernels = [int(k) for k in re.findall(r"(\d+) sparse kernels", out)]
     assert len(kernels) == len(models) and min(kernels) > 0, out
     return out

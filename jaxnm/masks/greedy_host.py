@@ -1,0 +1,290 @@
+"""The ``"greedy"`` solver in NumPy: the same masks as :func:`jaxnm.masks.greedy.solve`,
+bit for bit, with no XLA compile.
+
+:func:`jaxnm.masks.greedy.solve` costs seconds of XLA code generation before it solves
+anything; :func:`jaxnm.sparsify` pays that once at ``init`` only to solve the initial masks.
+This module computes the same masks on the host, so the initial masks need no compile
+(``tests/masks/test_greedy_host.py`` checks equality with the device solver on many random
+layers, with ties, zeros, ``±inf``, NaN and subnormals).
+
+The steps and their float32 arithmetic are the device solver's, in the same order:
+
+1. :func:`finite_scores` (``±inf`` and the overflow cap);
+2. the keep-side greedy, here the sequential visit itself (the device's rounds of locally
+   dominant choices give exactly its result, :func:`jaxnm.masks.greedy.greedy_keep`),
+   over the same distinct int32 keys;
+3. the repair by best length-3 augmenting paths (:func:`jaxnm.masks.greedy.repair`);
+4. ``default_improve_rounds(m)`` rounds of negative-cycle cancelling with
+   ``default_search_depth(m)`` Bellman–Ford rounds (:mod:`jaxnm.masks.residual`).
+
+XLA:CPU runs with subnormals flushed to zero (inputs and results of float arithmetic);
+this module flushes them at the same places, so its masks equal XLA:CPU's also there. A
+backend that keeps subnormals (XLA:GPU by default) may choose differently among weights
+below ``2**-126`` (``1.2e-38``) in magnitude; every other mask is the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxnm.masks.greedy import default_improve_rounds, default_search_depth
+from jaxnm.masks.residual import _TOL_ULPS
+
+_F32 = np.finfo(np.float32)
+_TINY = _F32.tiny
+
+#: Tiles solved per NumPy batch (bounds the ``(B, m, m, m)`` row-graph temporaries).
+CHUNK = 8192
+
+
+#: Nonzero scores at least this large in magnitude are multiples of ``2**-126`` (their ulp
+#: is), and so is every sum and difference of them: no float32 result of the solver's
+#: arithmetic can then be subnormal, and flushing can be skipped.
+_GRID_SAFE = np.float32(2.0**-103)
+
+
+def _ftz(x: np.ndarray) -> np.ndarray:
+    """Flushes float32 subnormals to zero of the same sign, as XLA:CPU does."""
+    return np.where(np.abs(x) < _TINY, np.copysign(np.float32(0), x), x).astype(np.float32)
+
+
+def _exact(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _flusher(scores: np.ndarray):
+    """:func:`_ftz` if the solver's arithmetic on finite ``scores`` can meet a subnormal,
+    else the identity (see :data:`_GRID_SAFE`)."""
+    a = np.abs(scores)
+    return _ftz if np.any((a < _GRID_SAFE) & (a != 0)) else _exact
+
+
+def _select(cond: np.ndarray, x, y) -> np.ndarray:
+    """``np.where(cond, x, y)`` for 32-bit ``x`` and ``y`` of one dtype, by bit masking
+    (several times faster than ``np.where`` on the random masks met here)."""
+    x, y = np.asarray(x), np.asarray(y)
+    dtype = np.result_type(x, y)
+    xi, yi = x.astype(dtype).view(np.int32), y.astype(dtype).view(np.int32)
+    bits = -np.asarray(cond).view(np.int8).astype(np.int32)
+    return (yi ^ ((xi ^ yi) & bits)).view(dtype)
+
+
+def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """:func:`jaxnm.masks.residual.finite_scores` on float32 ``(B, m, m)`` tiles.
+
+    ``+inf`` becomes one more than the tile's total finite score (summed in the order of
+    :func:`jaxnm.masks.residual.pairwise_sum`), finite scores are clipped to
+    ``[-1, finfo(float32).max / (8 m**3)]`` (subnormals flushed, as XLA:CPU's clip does).
+    """
+    b, m, _ = scores.shape
+    cap = np.float32(_F32.max / (8.0 * m**3))
+    inf = np.isinf(scores)
+    finite = _ftz(np.clip(np.where(inf, np.float32(0), scores), np.float32(-1), cap))
+    total = np.maximum(finite, np.float32(0)).reshape(b, m * m)
+    while total.shape[-1] > 1:
+        if total.shape[-1] % 2:
+            total = np.concatenate([total, np.zeros_like(total[:, :1])], axis=-1)
+        half = total.shape[-1] // 2
+        total = _ftz(total[:, :half] + total[:, half:])
+    big = _ftz(total[:, 0] + np.float32(1))
+    return np.where(inf, big[:, None, None], finite)
+
+
+def _ordered_int(x: np.ndarray) -> np.ndarray:
+    """int32 keys ordered like the float32 values ``x``
+    (:func:`jaxnm.masks.greedy._ordered_int`)."""
+    i = np.ascontiguousarray(x, np.float32).view(np.int32)
+    return i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+
+
+def _position_keys(values: np.ndarray) -> np.ndarray:
+    """Distinct int32 keys per tile, larger is better
+    (:func:`jaxnm.masks.greedy._position_keys`)."""
+    m = values.shape[-1]
+    low = np.int32((1 << (m * m - 1).bit_length()) - 1)
+    pos = np.arange(m * m, dtype=np.int32).reshape(m, m)
+    return (_ordered_int(values) & ~low) | (low - pos)
+
+
+def greedy_keep(scores: np.ndarray, n: int) -> np.ndarray:
+    """The sequential keep-side greedy: visit every tile's entries by descending key and
+    keep an entry while its row and its column hold fewer than ``n``.
+
+    Args:
+      scores: float32 ``(B, m, m)`` finite scores.
+      n: target count per row and column.
+
+    Returns:
+      bool ``(B, m, m)``, :func:`jaxnm.masks.greedy.greedy_keep`'s result.
+    """
+    b, m, _ = scores.shape
+    order = np.argsort(_position_keys(scores).reshape(b, m * m), axis=-1)[:, ::-1]
+    keep = np.zeros((b, m * m), bool)
+    rows = np.zeros((b, m), np.int32)
+    cols = np.zeros((b, m), np.int32)
+    tiles = np.arange(b)
+    for step in range(m * m):
+        pos = order[:, step]
+        r, c = pos // m, pos % m
+        take = (rows[tiles, r] < n) & (cols[tiles, c] < n)
+        keep[tiles, pos] = take
+        rows[tiles, r] += take
+        cols[tiles, c] += take
+    return keep.reshape(b, m, m)
+
+
+def _augment(
+    scores: np.ndarray, keep: np.ndarray, n: int, flush=_ftz
+) -> tuple[np.ndarray, np.ndarray]:
+    """One augmenting path per tile with a short row (:func:`jaxnm.masks.greedy._augment`)."""
+    b, m, _ = scores.shape
+    ar = np.arange(m)
+    tiles = np.arange(b)
+    r = np.min(np.where(keep.sum(-1) < n, ar, m), axis=-1)
+    c = np.min(np.where(keep.sum(-2) < n, ar, m), axis=-1)
+    active = r < m
+    r_idx, c_idx = np.minimum(r, m - 1), np.minimum(c, m - 1)
+    row_r = keep[tiles, r_idx][:, None, :]  # (B, 1, m) over c'
+    s_row_r = scores[tiles, r_idx][:, None, :]
+    col_c = keep[tiles, :, c_idx][:, :, None]  # (B, m, 1) over r'
+    s_col_c = scores[tiles, :, c_idx][:, :, None]
+    valid = ~row_r & keep & ~col_c
+    gain = flush(flush(s_row_r - scores) + s_col_c)
+    key = _select(valid, _position_keys(gain), np.int32(np.iinfo(np.int32).min))
+    low = (1 << (m * m - 1).bit_length()) - 1
+    best = low - (np.max(key.reshape(b, m * m), axis=-1) & low)
+    rp, cp = best // m, best % m
+    rows, cols = ar[None, :, None], ar[None, None, :]
+    add = ((rows == r_idx[:, None, None]) & (cols == cp[:, None, None])) | (
+        (rows == rp[:, None, None]) & (cols == c_idx[:, None, None])
+    )
+    drop = (rows == rp[:, None, None]) & (cols == cp[:, None, None])
+    new = np.where(active[:, None, None], (keep | add) & ~drop, keep)
+    return new, np.any(new.sum(-1) < n, axis=-1)
+
+
+def _rounds(step, data: tuple, keep: np.ndarray, max_rounds: int) -> np.ndarray:
+    """:func:`jaxnm.masks.compaction.compacted_rounds` on the host: ``step`` on the tiles
+    still active, at most ``max_rounds`` times each."""
+    keep = keep.copy()
+    active = np.arange(keep.shape[0])
+    for _ in range(max_rounds):
+        if active.size == 0:
+            break
+        new, still = step(*(d[active] for d in data), keep[active])
+        keep[active] = new
+        active = active[still]
+    return keep
+
+
+def repair(scores: np.ndarray, keep: np.ndarray, n: int, flush=_ftz) -> np.ndarray:
+    """Fills every row and column to exactly ``n`` (:func:`jaxnm.masks.greedy.repair`)."""
+    m = scores.shape[-1]
+    return _rounds(lambda s, k: _augment(s, k, n, flush), (scores,), keep, n * m)
+
+
+def tolerance(scores: np.ndarray, flush=_ftz) -> np.ndarray:
+    """:func:`jaxnm.masks.residual.tolerance`: float32 ``(B,)``."""
+    b, m, _ = scores.shape
+    scale = np.max(np.abs(scores).reshape(b, m * m), axis=-1)
+    factor = np.float32(_TOL_ULPS * m * _F32.eps)
+    # XLA:CPU contracts the multiply-add into one fused op (the product is not rounded
+    # or flushed on its own); float64 holds the product exactly, and the sum is rounded
+    # once to float32 except where the product dwarfs ``tiny`` (it then rounds to itself).
+    fused = np.float64(factor) * scale.astype(np.float64) + np.float64(_TINY)
+    return flush(fused.astype(np.float32))
+
+
+def _first_min(values, flush) -> tuple[np.ndarray, np.ndarray]:
+    """Min over an iterable of float32 arrays (``flush``-ed) and the first index reaching
+    it (XLA's argmin tie rule), in elementwise passes (NumPy reduces a short last axis
+    slowly). Of a ``-0``/``+0`` tie the min may carry either sign, which no comparison
+    downstream can tell apart."""
+    best, arg = None, None
+    for k, v in enumerate(values):
+        v = flush(v)
+        if best is None:
+            best, arg = v, np.zeros(v.shape, np.int32)
+        else:
+            arg = _select(v < best, np.int32(k), arg)
+            best = np.minimum(best, v)
+    return best, arg
+
+
+def _cancel_round(
+    scores: np.ndarray, tol: np.ndarray, keep: np.ndarray, bf_rounds: int, flush=_ftz
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`jaxnm.masks.residual.cancel_round` on float32 scores."""
+    b, m, _ = scores.shape
+    add = _select(keep, np.float32(np.inf), -scores)  # [b, u, c]
+    drop = _select(keep, scores, np.float32(np.inf))  # [b, v, c]
+    # cost[b, v, u] = min_c drop[b, v, c] + add[b, u, c]; via: the first such c.
+    drop_c, add_c = np.moveaxis(drop, 2, 0).copy(), np.moveaxis(add, 2, 0).copy()
+    cost, via = _first_min((drop_c[c][:, :, None] + add_c[c][:, None, :] for c in range(m)), flush)
+    cost_u = np.moveaxis(cost, 2, 0).copy()  # [u, b, v]
+    dist = np.zeros((b, m), np.float32)
+    pred = np.full((b, m), -1, np.int32)
+    changed = np.zeros(b, bool)
+    for _ in range(bf_rounds):
+        # cand[b, v, u] = dist[b, u] + cost[b, v, u], minimized over u.
+        dist_u = np.ascontiguousarray(dist.T)
+        best, arg = _first_min((dist_u[u][:, None] + cost_u[u] for u in range(m)), flush)
+        upd = best < flush(dist - tol[:, None])
+        pred = _select(upd, arg, pred)
+        dist = _select(upd, best, dist)
+        changed = np.any(upd, axis=-1)
+    far = pred
+    for _ in range(max(1, (m - 1).bit_length())):
+        far = np.where(far < 0, -1, np.take_along_axis(far, np.maximum(far, 0), axis=-1))
+    ar = np.arange(m, dtype=np.int32)
+    on = np.any(far[:, None, :] == ar[:, None], axis=-1)  # [b, u]
+    step_col = np.take_along_axis(via, np.maximum(pred, 0)[:, :, None], axis=-1)[:, :, 0]
+    drop_mask = on[:, :, None] & (step_col[:, :, None] == ar)
+    owner = on[:, None, :] & (pred[:, None, :] == ar[:, None])  # [b, u, v]
+    add_row = np.any(owner, axis=-1)
+    add_col = np.sum(np.where(owner, step_col[:, None, :], 0), axis=-1)
+    add_mask = add_row[:, :, None] & (add_col[:, :, None] == ar)
+    return (keep | add_mask) & ~drop_mask, changed
+
+
+def cancel_cycles(
+    scores: np.ndarray, keep: np.ndarray, *, max_rounds: int, bf_rounds: int, flush=_ftz
+) -> np.ndarray:
+    """:func:`jaxnm.masks.residual.cancel_cycles` on float32 finite scores."""
+    return _rounds(
+        lambda s, t, k: _cancel_round(s, t, k, bf_rounds, flush),
+        (scores, tolerance(scores, flush)),
+        keep,
+        max_rounds,
+    )
+
+
+def solve(scores: np.ndarray, n: int) -> np.ndarray:
+    """:func:`jaxnm.masks.greedy.solve` (default rounds) on the host.
+
+    Args:
+      scores: float32 ``(B, m, m)`` tile scores (``>= 0``, ``+inf``, or ``-1`` for NaN),
+        a NumPy array.
+      n: kept entries per row and column (static int).
+
+    Returns:
+      NumPy bool ``(B, m, m)`` with exactly ``n`` per row and column: the device solver's
+      masks (see the module docstring for subnormals on other backends).
+    """
+    scores = np.asarray(scores, np.float32)
+    if scores.ndim != 3 or scores.shape[1] != scores.shape[2]:
+        raise ValueError(f"`scores` must have shape (B, m, m), got {scores.shape}.")
+    m = scores.shape[-1]
+    out = np.empty(scores.shape, bool)
+    for start in range(0, scores.shape[0], CHUNK):
+        s = finite_scores(scores[start : start + CHUNK])
+        flush = _flusher(s)
+        keep = repair(s, greedy_keep(s, n), n, flush)
+        out[start : start + CHUNK] = cancel_cycles(
+            s,
+            keep,
+            max_rounds=default_improve_rounds(m),
+            bf_rounds=default_search_depth(m),
+            flush=flush,
+        )
+    return out
