@@ -125,17 +125,24 @@ def test_sparsify_init_masks_equal_the_compiled_solver(method):
     """init solves on the host (no solver compile; the jitted solver's cache stays
     unchanged), eagerly and under jit, and its masks are the compiled refresh solver's."""
     params = params_all_kinds()
-    tx = jaxnm.sparsify(4, 8, method=method)
+    # A DenseGeneral-style kernel (in, heads, head_dim), masked on its (16, 16) view.
+    params["attn"] = {"kernel": jnp.asarray(raw("cauchy", (16, 8, 2), 7))}
+    default = jaxnm.default_include(8, True)
+
+    def include(path, leaf):
+        return jaxnm.KernelView(1) if path[0] == "attn" else default(path, leaf)
+
+    tx = jaxnm.sparsify(4, 8, method=method, include=include)
     cache = _sparsify._solve_packed._cache_size()
     eager = tx.init(params)
     traced = jax.jit(tx.init)(params)
     assert _sparsify._solve_packed._cache_size() == cache
     solver = jaxnm.masks.resolve_solver(method)
     compiled = _sparsify._solve_packed_tree(
-        eager.masks, params, 4, 8, True, solver, {}, on_host=False
+        eager.masks, params, 4, 8, True, solver, dict(eager.views), on_host=False
     )
     leaves = jax.tree.leaves(compiled)
-    assert len(leaves) == 4
+    assert len(leaves) == 5
     for got_eager, got_traced, want in zip(
         jax.tree.leaves(eager.masks), jax.tree.leaves(traced.masks), leaves, strict=True
     ):
