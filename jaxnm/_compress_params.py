@@ -40,7 +40,7 @@ def compress_params(params: Any, opt_state: Any) -> Any:
     """
     for state in find_states(opt_state):
         if state.views:
-            paths = ", ".join(f"`{format_path(path)}`" for path, _ in state.views)
+            paths = ", ".join(f"`{format_path(path)}`" for path, *_ in state.views)
             raise ValueError(
                 f"compress_params cannot compress {paths}: their masks are N:M on a flattened "
                 "(in, out) view of a kernel of rank > 2 (LinearGeneral / DenseGeneral), while "

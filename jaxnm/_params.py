@@ -30,8 +30,7 @@ class KernelView:
     ``LinearGeneral`` / ``DenseGeneral`` kernel, e.g. an attention projection ``(in, heads,
     head_dim)`` has ``in_axes=1``, its output projection ``(heads, head_dim, out)``
     ``in_axes=2``). The mask is N:M (or transposable N:M) on the flattened 2-D view
-    ``(prod(in shape), prod(out shape))``, i.e. grouped along the contraction, and is stored
-    in the kernel's own shape.
+    ``(prod(in shape), prod(out shape))``, i.e. grouped along the contraction.
 
     An ``include`` predicate may return one instead of ``True``; :class:`jaxnm.nnx.Optimizer`
     sets it for ``nnx.LinearGeneral`` kernels (the Variable metadata ``KERNEL_VIEW``).
@@ -106,8 +105,7 @@ def default_skip_reason(
 def view_tiling_problem(
     shape: tuple[int, ...], m: int, transposable: bool, view: KernelView | None
 ) -> str | None:
-    """:func:`jaxnm._checks.tiling_problem` of a kernel, on its flattened view if it has one
-    (and the packed storage's rule: axis -2 of the kernel's own shape groups by ``m``)."""
+    """:func:`jaxnm._checks.tiling_problem` of a kernel, on its flattened view if it has one."""
     if view is None:
         return tiling_problem(shape, m, transposable)
     if not 0 < view.in_axes < len(shape):
@@ -115,8 +113,6 @@ def view_tiling_problem(
     problem = tiling_problem(view.matrix_shape(shape), m, transposable)
     if problem is not None:
         return f"flattened (in, out) view {view.matrix_shape(shape)}: {problem}"
-    if shape[-2] % m:
-        return f"axis -2 ({shape[-2]}) not a multiple of m={m} (the packed mask groups it)"
     return None
 
 
@@ -144,7 +140,7 @@ class Skipped(NamedTuple):
 
 def select_leaves(
     params: Any, include: Include | None, m: int, transposable: bool
-) -> tuple[Any, tuple[Skipped, ...], tuple[tuple[Path, KernelView], ...]]:
+) -> tuple[Any, tuple[Skipped, ...], tuple[tuple[Path, KernelView, tuple[int, ...]], ...]]:
     """Which leaves of ``params`` are sparsified, and on which view.
 
     Args:
@@ -158,7 +154,8 @@ def select_leaves(
     Returns:
       ``(selected, skipped, views)``: a pytree matching ``params`` with True for the
       sparsified leaves and None for the others; the leaves left dense with the reason; and
-      ``(path, view)`` of every selected kernel of rank > 2 masked on a flattened view.
+      ``(path, view, shape)`` of every selected kernel of rank > 2 masked on a flattened
+      view.
 
     Raises:
       ValueError: a leaf ``include`` chooses that is not floating or cannot be tiled by ``m``,
@@ -169,7 +166,7 @@ def select_leaves(
       UserWarning: the default selection selects nothing (every parameter trains dense).
     """
     skipped: list[Skipped] = []
-    views: list[tuple[Path, KernelView]] = []
+    views: list[tuple[Path, KernelView, tuple[int, ...]]] = []
     metadata_views = kernel_views(params) if include is None else {}
 
     def one(path, leaf):
@@ -197,7 +194,7 @@ def select_leaves(
                     "exclude it with `include` or pad it."
                 )
         if view is not None and (len(shape) > 2 or view.in_axes != 1):
-            views.append((names, view))
+            views.append((names, view, shape))
         return True
 
     selected = jax.tree_util.tree_map_with_path(one, params)

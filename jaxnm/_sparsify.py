@@ -170,7 +170,7 @@ def sparsify(
             m,
             transposable,
             solver,
-            dict(views),
+            {path: view for path, view, _ in views},
             on_host=on_host,
             must=solve_on == "host",
         )
@@ -184,7 +184,15 @@ def sparsify(
         if start_step == 0:
             masks = solve_packed(masks, params, views, refresh=False)
         else:
-            masks = map_masks(lambda _, p: _packed_ones(p, m), masks, params)
+            shapes = {path: view.matrix_shape(shape) for path, view, shape in views}
+            masks = jax.tree_util.tree_map_with_path(
+                lambda path, keep, p: (
+                    None if keep is None else _packed_ones(p, m, shapes.get(key_path_names(path)))
+                ),
+                masks,
+                params,
+                is_leaf=lambda x: x is None,
+            )
         return SparsifyState(
             count=jnp.zeros([], jnp.int32),
             masks=masks,
@@ -239,8 +247,8 @@ def _solve_packed_tree(
 ):
     """Packed masks of the leaves of ``params`` where ``masks`` is not None, all solved by
     one call; a pytree like ``map_masks(fn, masks, params)``. Kernels with a
-    :class:`~jaxnm._params.KernelView` (``views``, by path) are solved on their flattened
-    ``(in, out)`` view.
+    :class:`~jaxnm._params.KernelView` (``views``, by path) are solved and packed on their
+    flattened ``(in, out)`` view.
 
     ``on_host``: where the solver has a NumPy twin (:func:`jaxnm.masks.layers.host_solver`)
     and the weights sit on one device (``default_plan`` is ``"flat"``), the masks are
@@ -284,10 +292,13 @@ def _solve_packed_host(ws: list, n: int, m: int, host, views: tuple) -> list:
         arrays = [np.asarray(a) for a in arrays]
         flat = [a if v is None else a.reshape(v) for a, v in zip(arrays, views, strict=True)]
         masks = layer_masks_host(flat, n, m, host)
-        return [pack_host(k.reshape(a.shape), m) for k, a in zip(masks, arrays, strict=True)]
+        return [pack_host(k, m) for k in masks]
 
     if any(isinstance(w, jax.core.Tracer) for w in ws):
-        shapes = [jax.ShapeDtypeStruct(packed_shape(tuple(w.shape), m), word_dtype(m)) for w in ws]
+        shapes = [
+            jax.ShapeDtypeStruct(packed_shape(tuple(w.shape) if v is None else v, m), word_dtype(m))
+            for w, v in zip(ws, views, strict=True)
+        ]
         return list(jax.pure_callback(solve, shapes, *ws, vmap_method="sequential"))
     return [jax.device_put(p, w.sharding) for p, w in zip(solve(*ws), ws, strict=True)]
 
@@ -304,18 +315,18 @@ def _solve_packed(
     weights may be sharded: every tile grid kept, so no tile leaves its device). A jitted
     module-level function, so compiled solvers are cached by shapes and settings across
     :func:`sparsify` instances, and ``init`` and the refresh branch trace the same code.
-    ``views``: per weight, None or the 2-D ``(in, out)`` shape its mask is solved on (then
-    reshaped back to the weight's shape before packing).
+    ``views``: per weight, None or the 2-D ``(in, out)`` shape its mask is solved and packed
+    on (:func:`jaxnm._state.unpack_leaf` restores the weight's shape).
     """
     views = views or (None,) * len(ws)
     flat = [w if view is None else w.reshape(view) for w, view in zip(ws, views, strict=True)]
     masks = kernel_masks(flat, n, m, transposable=transposable, solver=solver)
-    return [pack(mask.reshape(w.shape), m) for mask, w in zip(masks, ws, strict=True)]
+    return [pack(mask, m) for mask in masks]
 
 
 def _add_srste(updates: Any, masks: Any, params: Any, srste, m: int) -> Any:
     def one(bits, g, p):
-        keep = unpack(variable_array(bits), m)
+        keep = unpack(variable_array(bits), m).reshape(jnp.shape(p))
         decay = jnp.where(keep, jnp.zeros((), p.dtype), p)
         return (g + jnp.asarray(srste, g.dtype) * decay).astype(g.dtype)
 
@@ -332,10 +343,12 @@ def _all_ones(m: int) -> int:
     return (1 << m) - 1
 
 
-def _packed_ones(w, m: int) -> jax.Array:
-    """All-ones packed mask of ``w``, sharded as ``pack`` shards ``w``'s mask."""
-    if explicit_sharding(w) is None:
-        return jnp.full(packed_shape(tuple(np.shape(w)), m), _all_ones(m), word_dtype(m))
+def _packed_ones(w, m: int, view: tuple[int, int] | None = None) -> jax.Array:
+    """All-ones packed mask of ``w`` (of its 2-D ``view`` shape if given), sharded as
+    ``pack`` shards ``w``'s mask."""
+    if view is not None or explicit_sharding(w) is None:
+        shape = tuple(np.shape(w)) if view is None else view
+        return jnp.full(packed_shape(shape, m), _all_ones(m), word_dtype(m))
     return pack(jnp.ones_like(w, dtype=bool), m)
 
 

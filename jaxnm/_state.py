@@ -33,9 +33,10 @@ class SparsifyState:
       m: the group size (static).
       transposable: whether the masks are transposable N:M (static).
       skipped: the parameters left dense at ``init``, each with the reason (static).
-      views: ``(path, KernelView)`` of the sparsified kernels whose masks are solved on a
-        flattened ``(in, out)`` view (``LinearGeneral`` kernels; static). The masks are
-        stored in the kernels' own shapes all the same.
+      views: ``(path, KernelView, shape)`` of the sparsified kernels whose masks are N:M on
+        a flattened ``(in, out)`` view (``LinearGeneral`` kernels of rank > 2; static): their
+        packed masks are those of the 2-D view; :func:`unpack_leaf` gives them the kernel's
+        ``shape`` back.
     """
 
     count: jax.Array
@@ -44,9 +45,25 @@ class SparsifyState:
     m: int = dataclasses.field(metadata=dict(static=True))
     transposable: bool = dataclasses.field(metadata=dict(static=True))
     skipped: tuple[Skipped, ...] = dataclasses.field(metadata=dict(static=True))
-    views: tuple[tuple[Path, KernelView], ...] = dataclasses.field(
+    views: tuple[tuple[Path, KernelView, tuple[int, ...]], ...] = dataclasses.field(
         default=(), metadata=dict(static=True)
     )
+
+    def kernel_shape(self, path: Path) -> tuple[int, ...] | None:
+        """The shape of the kernel at ``path`` if its mask is stored as a flattened view."""
+        for view_path, _, shape in self.views:
+            if view_path == path:
+                return shape
+        return None
+
+
+def unpack_leaf(bits, state: SparsifyState, path: Path) -> jax.Array:
+    """The bool mask of the sparsified parameter at ``path`` (as ``include`` receives it)
+    from its packed ``bits`` (an array or NNX Variable) in ``state``: unpacked, and reshaped
+    to the kernel's shape when it is stored as a flattened view."""
+    mask = unpack(jnp.asarray(variable_value(bits)), state.m)
+    shape = state.kernel_shape(path)
+    return mask if shape is None else mask.reshape(shape)
 
 
 def find_states(opt_state: Any) -> list[SparsifyState]:
@@ -110,10 +127,10 @@ def current_masks(opt_state: Any) -> Any:
     """
     merged = None
     for state in find_states(opt_state):
-        leaves, treedef = jax.tree_util.tree_flatten(state.masks, is_leaf=is_mask_leaf)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(state.masks, is_leaf=is_mask_leaf)
         masks = [
-            None if is_unmasked(bits) else unpack(jnp.asarray(variable_value(bits)), state.m)
-            for bits in leaves
+            None if is_unmasked(bits) else unpack_leaf(bits, state, key_path_names(path))
+            for path, bits in flat
         ]
         if merged is None:
             merged, merged_def = masks, treedef

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from jaxnm._params import Path, format_path
-from jaxnm._state import find_states, sparse_leaves, variable_value
-from jaxnm.masks.packing import unpack
+from jaxnm._state import find_states, sparse_leaves, unpack_leaf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +119,7 @@ def sparsity_summary(opt_state: Any) -> SparsitySummary:
     """
     sparse = []
     for path, bits, state in sparse_leaves(opt_state):
-        mask = np.asarray(unpack(np.asarray(variable_value(bits)), state.m))
+        mask = np.asarray(unpack_leaf(bits, state, path))
         row = SummaryRow(path, mask.shape, state.n, state.m, state.transposable, float(mask.mean()))
         sparse.append(row)
     dense = []

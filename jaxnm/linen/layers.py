@@ -98,7 +98,7 @@ def variables(params: Any, opt_state: Any) -> dict:
     )
     collection = _prune_none(collection)
     for state in find_states(opt_state):
-        for path, view in state.views:
+        for path, view, _ in state.views:
             node = collection
             for key in path[:-1]:
                 node = node[key]

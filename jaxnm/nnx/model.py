@@ -19,9 +19,8 @@ import numpy as np
 from flax import nnx
 
 from jaxnm._params import KERNEL_VIEW, KernelView, Path, format_path, key_path_names
-from jaxnm._state import sparse_leaves, variable_value
+from jaxnm._state import sparse_leaves, unpack_leaf, variable_value
 from jaxnm._summary import SparsitySummary, SummaryRow
-from jaxnm.masks.packing import unpack
 from jaxnm.nnx.ops import NMConv, NMDotGeneral, NMEinsum, NMOp, check_einsum_kernel, einsum_plan
 from jaxnm.ops import MVUE, OP_BACKENDS, OpBackend, check_grad_sparsity
 
@@ -188,6 +187,7 @@ def sparsify_model(
             rngs=None if grad_sparsity is None else nnx.Rngs(rngs()),
             original=original,
             backend=backend,
+            shape=state.kernel_shape(path),
         )
         setattr(layer, name, nnx.data(op))
     return model
@@ -319,7 +319,7 @@ def _check_same_params(model: nnx.Module, optimizer: Optimizer) -> None:
         for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, optimizer.wrt))[0]
     }
     for path, bits, state in sparse_leaves(optimizer.opt_state):
-        shape = tuple(np.shape(unpack(jnp.asarray(variable_value(bits)), state.m)))
+        shape = tuple(np.shape(unpack_leaf(bits, state, path)))
         if params.get(path) != shape:
             raise ValueError(
                 f"the optimizer sparsifies `{format_path(path)}` with shape {shape}, but `model` "

@@ -25,7 +25,8 @@ from jaxnm.ops import MVUE, OpBackend, nm_conv, nm_dot_general
 
 class NMMask(nnx.Variable):
     """The packed N:M mask of one kernel: ``(..., R // m, C)`` unsigned words (groups of
-    ``m`` along the kernel's axis ``-2``, see :mod:`jaxnm.masks.packing`). Not a ``Param``:
+    ``m`` along the kernel's axis ``-2``, or along the contraction of its flattened ``(in,
+    out)`` view, see :mod:`jaxnm.masks.packing` and :class:`jaxnm.KernelView`). Not a ``Param``:
     ``nnx.grad`` and the optimizer's ``wrt=nnx.Param`` leave it alone; filter it with
     ``jaxnm.nnx.NMMask``."""
 
@@ -46,6 +47,8 @@ class NMOp(nnx.Module):
         :func:`jaxnm.nnx.export_dense`.
       backend: the GEMM backend of :func:`jaxnm.ops.nm_dot_general` (static; ``"xla"``, or
         the experimental ``"cusparselt"`` for Linear kernels).
+      shape: the kernel's shape (static), when ``bits`` pack a flattened view of it
+        (``LinearGeneral`` kernels of rank > 2, see :class:`jaxnm.KernelView`).
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class NMOp(nnx.Module):
         rngs: nnx.Rngs | None,
         original: Callable[..., Any],
         backend: OpBackend = "xla",
+        shape: tuple[int, ...] | None = None,
     ):
         self.bits = NMMask(bits)
+        self.shape = None if shape is None else tuple(shape)
         self.n = n
         self.backend = backend
         self.m = m
@@ -71,7 +76,8 @@ class NMOp(nnx.Module):
 
     def mask(self) -> jax.Array:
         """The current bool mask, of the kernel's shape."""
-        return unpack(self.bits[...], self.m)
+        mask = unpack(self.bits[...], self.m)
+        return mask if self.shape is None else mask.reshape(self.shape)
 
     def key(self) -> jax.Array | None:
         return None if self.grad_sparsity is None else self.rngs()

@@ -314,3 +314,32 @@ def test_apply_masks_straight_through(dtype):
         params
     )
     np.testing.assert_array_equal(grads["k"], c)  # pruned entries get the gradient too
+
+
+def test_include_may_return_a_kernel_view():
+    """A rank-3 kernel (in, heads, head_dim) selected with KernelView(1) gets a transposable
+    mask on its flattened (in, heads * head_dim) view (2 heads: fewer than m)."""
+    w = jax.random.normal(jax.random.key(0), (8, 2, 4))
+    params = {"q": {"kernel": w}, "o": {"kernel": jnp.ones((8, 8))}}
+
+    def include(path, leaf):
+        return jaxnm.KernelView(1) if path == ("q", "kernel") else path[-1] == "kernel"
+
+    state = jaxnm.sparsify(N, M, include=include).init(params)
+    assert state.views == ((("q", "kernel"), jaxnm.KernelView(1), (8, 2, 4)),)
+    assert state.masks["q"]["kernel"].shape == (2, 8)  # packed on the (8, 8) view
+    mask = jaxnm.current_masks(state)["q"]["kernel"]
+    assert mask.shape == (8, 2, 4)
+    assert bool(jaxnm.is_transposable_nm(mask.reshape(8, 8), N, M))
+    np.testing.assert_array_equal(
+        mask.reshape(8, 8), jaxnm.transposable_mask(w.reshape(8, 8), N, M)
+    )
+    dense_phase = jaxnm.sparsify(N, M, include=include, start_step=2).init(params)
+    assert bool(jaxnm.current_masks(dense_phase)["q"]["kernel"].all())
+    assert dense_phase.masks["q"]["kernel"].shape == (2, 8)
+    with pytest.raises(ValueError, match="flattened"):
+        jaxnm.sparsify(N, M, include=lambda path, leaf: jaxnm.KernelView(1)).init(
+            {"k": jnp.ones((6, 2, 4))}
+        )
+    with pytest.raises(ValueError, match="in_axes"):
+        jaxnm.KernelView(0)
