@@ -139,7 +139,7 @@ def test_sparsify_init_masks_equal_the_compiled_solver(method):
     assert _sparsify._solve_packed._cache_size() == cache
     solver = jaxnm.masks.resolve_solver(method)
     compiled = _sparsify._solve_packed_tree(
-        eager.masks, params, 4, 8, True, solver, dict(eager.views), on_host=False
+        eager.masks, params, 4, 8, True, solver, {p: v for p, v, _ in eager.views}, on_host=False
     )
     leaves = jax.tree.leaves(compiled)
     assert len(leaves) == 5
