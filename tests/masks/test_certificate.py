@@ -18,7 +18,10 @@ from jaxnm.masks import certificate, device_exact, fixed, greedy
 NM = [(1, 2), (2, 4), (3, 4), (4, 8), (2, 8), (8, 16)]
 DISTRIBUTIONS = ["normal", "cauchy", "log_uniform", "integers", "bf16"]
 #: Tiles per example; the thorough profile (``-m slow``) checks 10,000 per n:m and kind.
-TILES = 10_000 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 64
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+TILES = 10_000 if THOROUGH else 64
+#: Examples per property: every example may compile a solver for a new n:m (CI budget).
+EXAMPLES = 12 if THOROUGH else 6
 
 
 def draw(kind, b, m, seed):
@@ -71,7 +74,7 @@ def solver_fn(name, n):
     return jax.jit(lambda s: solve(s, n))
 
 
-@settings(max_examples=12)
+@settings(max_examples=EXAMPLES)
 @given(
     nm=st.sampled_from(NM),
     kind=st.sampled_from(DISTRIBUTIONS),
@@ -99,7 +102,7 @@ def test_bound_above_lp_optimum_above_value(nm, kind, solver, seed):
     assert np.all(cert.bound >= cert.value + cert.gap * (1 - 1e-6))
 
 
-@settings(max_examples=8)
+@settings(max_examples=max(4, EXAMPLES // 2))
 @given(nm=st.sampled_from(NM), seed=st.integers(0, 2**31 - 1))
 def test_gap_is_zero_exactly_at_the_optimum(nm, seed):
     """Integer scores: float64 totals are exact, so "optimal" is decidable here."""
