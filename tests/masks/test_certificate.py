@@ -102,7 +102,7 @@ def test_bound_above_lp_optimum_above_value(nm, kind, solver, seed):
     assert np.all(cert.bound >= cert.value + cert.gap * (1 - 1e-6))
 
 
-@settings(max_examples=max(4, EXAMPLES // 2))
+@settings(max_examples=max(4, EXAMPLES * 2 // 3))
 @given(nm=st.sampled_from(NM), seed=st.integers(0, 2**31 - 1))
 def test_gap_is_zero_exactly_at_the_optimum(nm, seed):
     """Integer scores: float64 totals are exact, so "optimal" is decidable here."""
