@@ -169,7 +169,10 @@ def nm_matmul(
 ) -> jax.Array:
     """``x · W`` for a weight ``W (K, N)`` stored compressed N:M along ``K``.
 
-    Backends: ``"gpu"`` (Pallas Triton kernel), ``"tpu"`` (Pallas Mosaic TPU kernel), ``"xla"``
+    Backends: ``"gpu"`` (Pallas Triton kernel), ``"mosaic_gpu"`` (EXPERIMENTAL, never chosen
+    automatically: the Pallas Mosaic GPU Hopper kernel, bfloat16/float16, ``n <= 8``; it
+    compiles for H100/H200 but has never run on a GPU, see :func:`nm_matmul_mosaic_gpu`),
+    ``"tpu"`` (Pallas Mosaic TPU kernel), ``"xla"``
     (:func:`nm_matmul_reference`: decompress + one XLA dot; the CPU path), ``"cusparselt"``
     (EXPERIMENTAL, never chosen automatically: NVIDIA's 2:4 sparse tensor cores through the
     XLA FFI, bfloat16/float16 2:4 or 1:2, the weight re-compressed inside each call; CUDA
@@ -196,7 +199,7 @@ def nm_matmul(
         e.g. ``jaxnm.compressed.transpose(c)`` (built inside the same ``jit`` it always
         agrees). Eagerly it is checked to hold ``Wᵀ`` exactly; under ``jit`` its values
         cannot be inspected and are trusted.
-      backend: ``None``, ``"xla"``, ``"gpu"``, ``"tpu"`` or ``"cusparselt"``.
+      backend: ``None``, ``"xla"``, ``"gpu"``, ``"mosaic_gpu"``, ``"tpu"`` or ``"cusparselt"``.
       interpret: run the Pallas kernel in interpret mode (CPU testing).
       block_sizes: kernel tiles; default per shape (:meth:`BlockSizes.for_shape`).
 

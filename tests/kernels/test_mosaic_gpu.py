@@ -74,6 +74,7 @@ def test_interpret_matches_reference(n, m, dtype, tokens, n_out):
     _assert_close(nm_matmul_mosaic_gpu(x, c, interpret=True), nm_matmul_reference(x, c), dtype)
 
 
+@pytest.mark.slow
 @needs_interpret
 def test_interpret_with_given_blocks():
     # block_k = 256 (16 index bytes per step) and one pipeline stage: other slab heights.
