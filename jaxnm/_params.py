@@ -55,6 +55,25 @@ class KernelView:
 KERNEL_VIEW = "jaxnm_kernel_view"
 """Name of the NNX Variable metadata holding a kernel's :class:`KernelView`."""
 
+ATTENTION_VIEWS = {
+    "query": KernelView(1),
+    "key": KernelView(1),
+    "value": KernelView(1),
+    "out": KernelView(2),
+}
+"""The views the default selection gives the rank-3 ``kernel`` of a module named like Flax's
+attention projections (``nn.MultiHeadDotProductAttention`` / ``nnx.MultiHeadAttention``:
+``query``/``key``/``value`` ``(in, heads, head_dim)``, ``out`` ``(heads, head_dim, out)``), so
+that a stock attention's masks group along its contraction, not along ``heads``."""
+
+
+def attention_view(path: Path, shape: tuple[int, ...]) -> KernelView | None:
+    """:data:`ATTENTION_VIEWS`' view of a rank-3 ``.../query|key|value|out/kernel``, or None."""
+    if len(shape) == 3 and len(path) >= 2 and path[-1] == "kernel":
+        return ATTENTION_VIEWS.get(path[-2]) if isinstance(path[-2], str) else None
+    return None
+
+
 Include = Callable[[Path, jax.Array], "bool | KernelView"]
 
 
@@ -85,7 +104,10 @@ def format_path(path: Path) -> str:
 
 def default_include(m: int, transposable: bool) -> Include:
     """The default ``include`` of :func:`jaxnm.sparsify`: leaves named ``"kernel"`` of rank
-    >= 2 whose last two axes tile by ``m`` (only axis ``-2`` when ``transposable=False``)."""
+    >= 2 whose last two axes tile by ``m`` (only axis ``-2`` when ``transposable=False``).
+
+    :func:`select_leaves` adds the views: a kernel's :class:`KernelView` metadata (NNX), else
+    :data:`ATTENTION_VIEWS` for the rank-3 kernels of Flax's attention projections."""
 
     def include(path: Path, leaf) -> bool:
         return default_skip_reason(path, leaf, m, transposable) is None
@@ -173,7 +195,7 @@ def select_leaves(
         names = key_path_names(path)
         shape = tuple(np.shape(leaf))
         if include is None:
-            view = metadata_views.get(names)
+            view = metadata_views.get(names) or attention_view(names, shape)
             reason = default_skip_reason(names, leaf, m, transposable, view)
             if reason is not None:
                 skipped.append(Skipped(names, shape, reason))

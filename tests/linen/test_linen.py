@@ -286,8 +286,43 @@ def test_multi_head_dot_product_attention_on_the_flat_view():
         rtol=1e-5,
         atol=1e-6,
     )
-    # Without the flattened view (the default selection tiles the last two axes), the op
-    # refuses the (in, heads, head_dim) kernel instead of running wrong-axis masks.
+    # The default selection knows Flax's attention projections (query/key/value/out): the
+    # same views, the same masks.
     state = jaxnm.sparsify(N, M).init(params)
+    for a, b in zip(
+        jax.tree.leaves(jaxnm.current_masks(state)),
+        jax.tree.leaves(jaxnm.current_masks(opt_state)),
+        strict=True,
+    ):
+        assert a.shape == b.shape
+    model.apply(jl.variables(params, state), x)
+    # A rank-3 kernel the selection cannot read as a view: the op refuses it instead of
+    # running masks along the wrong axes.
+    renamed = {"attn": {f"{k}_proj": v for k, v in params["attn"].items()}}
+    state = jaxnm.sparsify(N, M).init(renamed)
+    masks = jaxnm.current_masks(state)["attn"]
+    assert masks["query_proj"]["kernel"].shape == (16, 4, 4)
+    fake = {"params": params, jl.MASKS: {"attn": {k[:-5]: v for k, v in masks.items()}}}
     with pytest.raises(ValueError, match="jaxnm.linen.include"):
-        model.apply(jl.variables(params, state), x)
+        model.apply(fake, x)
+
+
+def test_plain_flax_attention_gets_masks_along_its_contraction():
+    """A stock nn.MultiHeadDotProductAttention (no jaxnm seams) under the default selection:
+    every projection's mask is transposable N:M on its flattened (in, out) view, and the
+    masked training forward equals the plain model on the exported kernels."""
+    model = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=16)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 16))
+    params = model.init(jax.random.key(1), x)["params"]
+    opt_state = jaxnm.sparsify(N, M).init(params)
+    masks = jaxnm.current_masks(opt_state)
+    for name in ("query", "key", "value", "out"):
+        mask = masks[name]["kernel"]
+        assert mask.shape == params[name]["kernel"].shape
+        assert bool(jaxnm.is_transposable_nm(mask.reshape(16, 16), N, M)), name
+    exported = jaxnm.apply_masks(params, masks)
+    np.testing.assert_allclose(
+        model.apply(jl.variables(params, opt_state), x),
+        model.apply({"params": exported}, x),
+        rtol=1e-6,
+    )
