@@ -33,7 +33,7 @@ from jaxnm.masks.residual import _TOL_ULPS
 _F32 = np.finfo(np.float32)
 _TINY = _F32.tiny
 
-#: Tiles solved per NumPy batch (bounds the ``(B, m, m, m)`` row-graph temporaries).
+#: Tiles solved per NumPy batch (bounds the temporaries).
 CHUNK = 8192
 
 
@@ -64,8 +64,9 @@ def _select(cond: np.ndarray, x, y) -> np.ndarray:
     (several times faster than ``np.where`` on the random masks met here)."""
     x, y = np.asarray(x), np.asarray(y)
     dtype = np.result_type(x, y)
-    xi, yi = x.astype(dtype).view(np.int32), y.astype(dtype).view(np.int32)
-    bits = -np.asarray(cond).view(np.int8).astype(np.int32)
+    xi = x.astype(dtype, copy=False).view(np.int32)
+    yi = y.astype(dtype, copy=False).view(np.int32)
+    bits = np.negative(np.asarray(cond).view(np.int8), dtype=np.int32)
     return (yi ^ ((xi ^ yi) & bits)).view(dtype)
 
 
@@ -119,17 +120,20 @@ def greedy_keep(scores: np.ndarray, n: int) -> np.ndarray:
     """
     b, m, _ = scores.shape
     order = np.argsort(_position_keys(scores).reshape(b, m * m), axis=-1)[:, ::-1]
-    keep = np.zeros((b, m * m), bool)
-    rows = np.zeros((b, m), np.int32)
-    cols = np.zeros((b, m), np.int32)
-    tiles = np.arange(b)
+    # Flat indices into (B * m) row / column counters and the (B * m * m) mask, one
+    # contiguous (B,) row per visiting step.
+    base = np.arange(b, dtype=np.intp)[None, :]
+    order = np.ascontiguousarray(order.T)
+    row_at, col_at, pos_at = base * m + order // m, base * m + order % m, base * m * m + order
+    keep = np.zeros(b * m * m, bool)
+    rows = np.zeros(b * m, np.int32)
+    cols = np.zeros(b * m, np.int32)
     for step in range(m * m):
-        pos = order[:, step]
-        r, c = pos // m, pos % m
-        take = (rows[tiles, r] < n) & (cols[tiles, c] < n)
-        keep[tiles, pos] = take
-        rows[tiles, r] += take
-        cols[tiles, c] += take
+        r, c = row_at[step], col_at[step]
+        take = (rows[r] < n) & (cols[c] < n)
+        keep[pos_at[step]] = take
+        rows[r] += take
+        cols[c] += take
     return keep.reshape(b, m, m)
 
 
@@ -195,19 +199,27 @@ def tolerance(scores: np.ndarray, flush=_ftz) -> np.ndarray:
     return flush(fused.astype(np.float32))
 
 
-def _first_min(values, flush) -> tuple[np.ndarray, np.ndarray]:
-    """Min over an iterable of float32 arrays (``flush``-ed) and the first index reaching
-    it (XLA's argmin tie rule), in elementwise passes (NumPy reduces a short last axis
-    slowly). Of a ``-0``/``+0`` tie the min may carry either sign, which no comparison
-    downstream can tell apart."""
-    best, arg = None, None
-    for k, v in enumerate(values):
-        v = flush(v)
-        if best is None:
-            best, arg = v, np.zeros(v.shape, np.int32)
-        else:
-            arg = _select(v < best, np.int32(k), arg)
-            best = np.minimum(best, v)
+def _first_min(count: int, fill, shape, flush) -> tuple[np.ndarray, np.ndarray]:
+    """Min over ``count`` float32 candidates and the first index reaching it (XLA's argmin
+    tie rule), in elementwise passes over preallocated buffers (NumPy reduces a short last
+    axis slowly). ``fill(k, out)`` writes candidate ``k`` (then ``flush``-ed) into ``out``.
+    Of a ``-0``/``+0`` tie the min may carry either sign, which no comparison downstream
+    tells apart. Since the min only decreases, the first index reaching it is the largest
+    ``k`` whose candidate beat all earlier ones."""
+    best = np.empty(shape, np.float32)
+    fill(0, best)
+    best = flush(best)
+    arg = np.zeros(shape, np.int32)
+    value = np.empty(shape, np.float32)
+    less = np.empty(shape, bool)
+    step = np.empty(shape, np.int32)
+    for k in range(1, count):
+        fill(k, value)
+        value = flush(value)
+        np.less(value, best, out=less)
+        np.minimum(best, value, out=best)
+        np.multiply(less, np.int32(k), out=step)
+        np.maximum(arg, step, out=arg)
     return best, arg
 
 
@@ -220,7 +232,12 @@ def _cancel_round(
     drop = _select(keep, scores, np.float32(np.inf))  # [b, v, c]
     # cost[b, v, u] = min_c drop[b, v, c] + add[b, u, c]; via: the first such c.
     drop_c, add_c = np.moveaxis(drop, 2, 0).copy(), np.moveaxis(add, 2, 0).copy()
-    cost, via = _first_min((drop_c[c][:, :, None] + add_c[c][:, None, :] for c in range(m)), flush)
+    cost, via = _first_min(
+        m,
+        lambda c, out: np.add(drop_c[c][:, :, None], add_c[c][:, None, :], out=out),
+        (b, m, m),
+        flush,
+    )
     cost_u = np.moveaxis(cost, 2, 0).copy()  # [u, b, v]
     dist = np.zeros((b, m), np.float32)
     pred = np.full((b, m), -1, np.int32)
@@ -228,7 +245,9 @@ def _cancel_round(
     for _ in range(bf_rounds):
         # cand[b, v, u] = dist[b, u] + cost[b, v, u], minimized over u.
         dist_u = np.ascontiguousarray(dist.T)
-        best, arg = _first_min((dist_u[u][:, None] + cost_u[u] for u in range(m)), flush)
+        best, arg = _first_min(
+            m, lambda u, out, d=dist_u: np.add(d[u][:, None], cost_u[u], out=out), (b, m), flush
+        )
         upd = best < flush(dist - tol[:, None])
         pred = _select(upd, arg, pred)
         dist = _select(upd, best, dist)
@@ -274,17 +293,22 @@ def solve(scores: np.ndarray, n: int) -> np.ndarray:
     scores = np.asarray(scores, np.float32)
     if scores.ndim != 3 or scores.shape[1] != scores.shape[2]:
         raise ValueError(f"`scores` must have shape (B, m, m), got {scores.shape}.")
-    m = scores.shape[-1]
     out = np.empty(scores.shape, bool)
     for start in range(0, scores.shape[0], CHUNK):
-        s = finite_scores(scores[start : start + CHUNK])
-        flush = _flusher(s)
-        keep = repair(s, greedy_keep(s, n), n, flush)
-        out[start : start + CHUNK] = cancel_cycles(
-            s,
-            keep,
-            max_rounds=default_improve_rounds(m),
-            bf_rounds=default_search_depth(m),
-            flush=flush,
-        )
+        out[start : start + CHUNK] = _solve_chunk(scores[start : start + CHUNK], n)
     return out
+
+
+def _solve_chunk(scores: np.ndarray, n: int) -> np.ndarray:
+    """:func:`solve` on one chunk of at most :data:`CHUNK` tiles."""
+    m = scores.shape[-1]
+    s = finite_scores(scores)
+    flush = _flusher(s)
+    keep = repair(s, greedy_keep(s, n), n, flush)
+    return cancel_cycles(
+        s,
+        keep,
+        max_rounds=default_improve_rounds(m),
+        bf_rounds=default_search_depth(m),
+        flush=flush,
+    )
