@@ -83,7 +83,11 @@ def tolerance(scores: jax.Array) -> jax.Array:
     m = scores.shape[-1]
     scale = jnp.max(jnp.abs(scores).reshape(scores.shape[0], m * m), axis=-1)
     eps = jnp.finfo(jnp.float32).eps
-    return _TOL_ULPS * m * eps * scale + jnp.finfo(jnp.float32).tiny
+    # The barrier keeps the multiply and the add apart: fused into one multiply-add, XLA:CPU
+    # rounds (and flushes) a subnormal product in some vector lanes and not in others, so
+    # a tile's tolerance depended on its position in the batch.
+    product = lax.optimization_barrier(_TOL_ULPS * m * eps * scale)
+    return product + jnp.finfo(jnp.float32).tiny
 
 
 def row_graph(scores: jax.Array, keep: jax.Array) -> tuple[jax.Array, jax.Array]:
