@@ -1,13 +1,13 @@
 """A device solver (``"greedy"`` or ``"exact_device"``) now versus at an earlier commit.
 
-Loads the solver modules of ``jaxnm/masks/`` as they were at ``--commit`` (``git show``)
-into private modules, then times that ``solve`` and today's round-robin on the same tiles
-(median after the compile call) and prints the ratio, the retained |w| of both and, with
-``--check``, how many tiles each leaves below the OR-Tools optimum (``exact``, float64
-totals; relative shortfall above ``1e-9``). Needs a git checkout.
+Loads the solver modules of ``jaxnm/masks/`` as they were at each ``--commit`` (``git
+show``) into private modules, then times those ``solve`` functions and today's round-robin
+on the same tiles (median after the compile call) and prints the ratios, the retained |w|
+of each and, with ``--check``, how many tiles each leaves below the OR-Tools optimum
+(``exact``, float64 totals; relative shortfall above ``1e-9``). Needs a git checkout.
 
     python benchmarks/greedy_versions.py --commit b172720 --size 4096 --nm 4:8 --reps 7
-    python benchmarks/greedy_versions.py --solver exact_device --commit 97feb18 \
+    python benchmarks/greedy_versions.py --solver exact_device --commit 97feb18 85b7929 \
         --dist cauchy --nm 2:4 4:8 8:16 --check
 """
 
@@ -28,7 +28,7 @@ from jaxnm.masks import device_exact, exact, greedy
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Modules of ``jaxnm.masks`` the device solvers are built from, dependencies first.
-MODULES = ("fixed", "compaction", "residual", "greedy", "device_exact")
+MODULES = ("fixed", "compaction", "residual", "certificate", "greedy", "device_exact")
 
 
 def load_at(commit: str, module: str = "greedy") -> types.ModuleType:
@@ -76,24 +76,24 @@ def scores(dist: str, tiles: int, m: int) -> jax.Array:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--solver", choices=["greedy", "exact_device"], default="greedy")
-    p.add_argument("--commit", default="b172720", help="the earlier version")
+    p.add_argument(
+        "--commit", nargs="+", default=["b172720"], help="the earlier version(s), all timed"
+    )
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--nm", nargs="+", default=["4:8"])
     p.add_argument("--dist", choices=["normal", "cauchy"], default="normal")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--check", action="store_true", help="count tiles below the optimum")
     a = p.parse_args()
-    old = load_at(a.commit, {"greedy": "greedy", "exact_device": "device_exact"}[a.solver])
-    new = {"greedy": greedy, "exact_device": device_exact}[a.solver]
-    then_k, now_k = f"{a.solver} @ {a.commit}", f"{a.solver} (now)"
+    module = {"greedy": "greedy", "exact_device": "device_exact"}[a.solver]
+    versions = {f"{a.solver} @ {c}": load_at(c, module) for c in a.commit}
+    now_k = f"{a.solver} (now)"
+    versions[now_k] = {"greedy": greedy, "exact_device": device_exact}[a.solver]
     for nm in a.nm:
         n, m = map(int, nm.split(":"))
         tiles = (a.size // m) ** 2
         s = scores(a.dist, tiles, m)
-        fns = {
-            then_k: jax.jit(lambda x, n=n: old.solve(x, n)),
-            now_k: jax.jit(lambda x, n=n: new.solve(x, n)),
-        }
+        fns = {k: jax.jit(lambda x, n=n, v=v: v.solve(x, n)) for k, v in versions.items()}
         keep = {k: np.asarray(jax.block_until_ready(f(s))) for k, f in fns.items()}
         times = {k: [] for k in fns}
         for _ in range(a.reps):
@@ -114,7 +114,9 @@ def main() -> None:
                 below = int(np.sum(short > 1e-9))
                 line += f"   tiles below optimum {below} (worst {short.max():.1e})"
             print(line)
-        print(f"  now / then: {med[now_k] / med[then_k]:.3f}", flush=True)
+        for k in fns:
+            if k != now_k:
+                print(f"  now / ({k}): {med[now_k] / med[k]:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -112,35 +112,78 @@ def _start(keep: jax.Array) -> Potentials:
     return Potentials(fixed.zeros((b, m)), fixed.zeros((b, m)))
 
 
-def settle(
-    scores: fixed.Fixed, keep: jax.Array, *, max_rounds: int
-) -> tuple[Potentials, jax.Array]:
-    """Exact Bellman–Ford from a virtual source until the potentials settle.
+def _float_potentials(scores: jax.Array, keep: jax.Array, margin: float) -> Potentials:
+    """float32 Bellman–Ford on the bipartite residual graph with every step made dearer
+    by ``margin`` times its scale: relaxing an edge of cost ``c`` from a node at distance
+    ``d`` offers ``d + c - margin (|d| + |c|)``. From a virtual source, at most ``m + 1``
+    rounds per tile, each tile stopping once it settles (compacted batches). Returns
+    float32 ``(B, m)`` row and column distances in a :class:`Potentials` (plain arrays,
+    not grid values)."""
+    b, m, _ = scores.shape
+    mag = jnp.abs(scores)
+    unkept = jnp.where(keep, jnp.inf, -scores - margin * mag)  # row r -> col c: keep (r, c)
+    kept = jnp.where(keep, scores - margin * mag, jnp.inf)  # col c -> row r: drop (r, c)
+
+    def step(data, pot):
+        unkept, kept = data
+        # Unrolled over the m rows / columns: (B, m) slices fuse into one loop, measured
+        # 5x faster on CPU than a reduction over a short middle axis.
+        cols = pot.cols
+        for r in range(m):
+            d = pot.rows[:, r : r + 1]
+            cols = jnp.minimum(cols, d + margin * d + unkept[:, r, :])
+        rows = pot.rows
+        for c in range(m):
+            d = cols[:, c : c + 1]
+            rows = jnp.minimum(rows, d + margin * d + kept[:, :, c])
+        changed = jnp.any(cols < pot.cols, axis=-1) | jnp.any(rows < pot.rows, axis=-1)
+        return Potentials(rows, cols), changed
+
+    zero = jnp.zeros((b, m), jnp.float32)
+    return compacted_rounds(step, (unkept, kept), Potentials(zero, zero), max_rounds=m + 1)
+
+
+def proven_optimal_float(scores: jax.Array, keep: jax.Array) -> jax.Array:
+    """A cheap float32 proof of optimality: True where it proves the mask optimal.
+
+    Finds float32 row and column potentials ``D`` whose reduced costs are *strictly*
+    positive on every residual edge (``D_r - s - D_c`` for unkept, ``D_c + s - D_r`` for
+    kept entries) by a rigorous margin: each reduced cost ``t`` is computed in float32 as
+    ``(a + c) - b`` and accepted only when ``t > 2 eps (|a| + |b| + |c|) + 4 tiny``, which
+    exceeds its rounding error (at most ``eps (|a| + |b| + |c|)``, plus ``3 tiny`` where
+    subnormals are flushed to zero). Then every cycle of the residual graph has a positive
+    cost, so the mask is the unique optimum. The potentials come from one float32
+    Bellman–Ford pass whose every step is dearer by ``8 eps`` of its scale (distances are
+    non-positive, so ``|d| = -d``), which leaves that margin on every edge of an optimal
+    tile without near-ties.
+
+    A False says nothing (ties, near-ties within the margin, or a suboptimal mask): such
+    tiles need an exact check (exact cancelling rounds, :mod:`jaxnm.masks.residual`).
+    Never True for a non-optimal mask.
 
     Args:
-      scores: grid scores :class:`~jaxnm.masks.fixed.Fixed` ``(B, m, m)``.
+      scores: finite float32 ``(B, m, m)`` (see :func:`jaxnm.masks.residual.finite_scores`).
       keep: bool ``(B, m, m)``.
-      max_rounds: rounds per tile (static; ``m + 1`` settles every tile whose residual
-        graph has no negative cycle).
 
     Returns:
-      The potentials and ``settled`` bool ``(B,)``: the residual graph has no negative
-      cycle (the mask is optimal for ``scores``) where True. Tiles run on compacted
-      batches, so the cost follows the tiles that still relax.
+      bool ``(B,)``.
     """
-
-    def step(data, state):
-        pot, _ = state
-        new, changed = _relax(*data, pot)
-        return (new, ~changed), changed
-
-    start = (_start(keep), jnp.zeros(keep.shape[:1], bool))
-    return compacted_rounds(step, (scores, keep), start, max_rounds=max_rounds)
+    eps = float(jnp.finfo(jnp.float32).eps)
+    pot = _float_potentials(scores, keep, 8 * eps)
+    # Unkept (r, c): a = D_r, c = -s, b = D_c; kept: a = D_c, c = +s, b = D_r.
+    d_row, d_col = pot.rows[:, :, None], pot.cols[:, None, :]
+    a = jnp.where(keep, d_col, d_row)
+    b = jnp.where(keep, d_row, d_col)
+    c = jnp.where(keep, scores, -scores)
+    reduced = (a + c) - b
+    error = 2 * eps * ((jnp.abs(a) + jnp.abs(c)) + jnp.abs(b)) + 4 * jnp.finfo(jnp.float32).tiny
+    return jnp.all(reduced > error, axis=(-2, -1))
 
 
 def _best_gap(grid, low, high, keep, *, max_rounds: int) -> jax.Array:
-    """Relaxes like :func:`settle` and returns the smallest gap seen, float32 grid units
-    ``(B,)`` rounded up: 0 where the potentials settle (an optimal mask)."""
+    """Relaxes (exact Bellman–Ford from a virtual source) and returns the smallest gap
+    seen, float32 grid units ``(B,)`` rounded up: 0 where the potentials settle (an
+    optimal mask)."""
 
     def step(data, state):
         s, lo, hi, k = data

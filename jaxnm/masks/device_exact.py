@@ -16,15 +16,19 @@ stages:
 
 1. fast float32 cancelling with that tolerance (:func:`~jaxnm.masks.residual.tolerance`),
    which leaves nearly every tile optimal;
-2. an exact check of every tile: Bellman–Ford on the residual graph in integer arithmetic
-   on the tile's grid (:mod:`jaxnm.masks.fixed`: two int32 words, 54–56 bits below the
-   tile's largest ``|score|``) until the potentials settle
-   (:func:`jaxnm.masks.certificate.settle`); settled potentials prove the tile optimal;
-3. exact cancelling on the grid for the tiles that did not settle: every cancelled cycle
-   gains at least one grid unit, so it terminates, and it stops only when no negative
-   cycle is left.
+2. a cheap float32 proof of optimality for nearly every tile
+   (:func:`jaxnm.masks.certificate.proven_optimal_float`: potentials whose reduced costs
+   are positive by more than their rigorous rounding error bound, so the mask is the unique
+   optimum); it fails only on tiles with ties or near-ties (within a few float32 ulps of
+   the scores involved) and on the few that stage 1 left suboptimal;
+3. exact cancelling for the tiles stage 2 could not prove, in integer arithmetic on the
+   tile's grid (:mod:`jaxnm.masks.fixed`: two int32 words, 54–56 bits below the tile's
+   largest ``|score|``): a round's exact Bellman–Ford either settles (the tile is proven
+   optimal on the grid) or finds negative cycles, each gaining at least one grid unit, so
+   it terminates, and it stops only when no negative cycle is left.
 
-The result is optimal for the scores on the grid, i.e. exactly optimal whenever every
+Tiles proven in stage 2 are exactly optimal for their float32 scores; the others are
+optimal for the scores on the grid, i.e. exactly optimal whenever every
 score lies within ``2**-30`` of its tile's largest (``m <= 16``); smaller scores are
 rounded to the grid (a difference far below float32 resolution of the tile's total).
 :func:`jaxnm.masks.certificate.certify` proves it per tile (gap 0). ``+inf`` scores are
@@ -35,9 +39,11 @@ than all finite ones of its tile together).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 
 from jaxnm.masks import fixed
-from jaxnm.masks.certificate import settle
+from jaxnm.masks.certificate import proven_optimal_float
 from jaxnm.masks.greedy import greedy_keep, repair
 from jaxnm.masks.residual import cancel_cycles, finite_scores
 
@@ -71,6 +77,34 @@ def solve(scores: jax.Array, n: int, *, max_rounds: int | None = None) -> jax.Ar
     scores = finite_scores(scores)
     keep = repair(scores, greedy_keep(scores, n), n)
     keep = cancel_cycles(scores, keep, max_rounds=max_rounds)
-    grid = fixed.from_scores(scores)
-    _, settled = settle(grid, keep, max_rounds=m + 1)
-    return cancel_cycles(grid, keep, max_rounds=max_rounds, active=~settled)
+    unproven = ~proven_optimal_float(scores, keep)
+    return _exact_cancelling(scores, keep, unproven, max_rounds)
+
+
+def _exact_cancelling(
+    scores: jax.Array, keep: jax.Array, unproven: jax.Array, max_rounds: int
+) -> jax.Array:
+    """Stage 3: exact cancelling of the ``unproven`` tiles (bool ``(B,)``).
+
+    They are usually few: when at most ``B // 16`` (and at least a buffer of 64), they are
+    gathered once into a small batch that is put on the grid and cancelled on its own
+    (one gather and one scatter on the whole batch, instead of one per round); otherwise
+    (ties everywhere, e.g. integer scores) the whole batch is. Under ``vmap`` both run.
+    """
+    b = scores.shape[0]
+    size = min(b, max(64, b // 16))
+
+    def few(keep):
+        idx = jnp.nonzero(unproven, size=size, fill_value=b)[0]
+        safe = jnp.minimum(idx, b - 1)
+        grid = fixed.from_scores(scores[safe])
+        new = cancel_cycles(grid, keep[safe], max_rounds=max_rounds, active=idx < b)
+        return keep.at[idx].set(new, mode="drop")
+
+    def many(keep):
+        grid = fixed.from_scores(scores)
+        return cancel_cycles(grid, keep, max_rounds=max_rounds, active=unproven)
+
+    if b == 0:
+        return keep
+    return lax.cond(jnp.sum(unproven) <= size, few, many, keep)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxnm
-from jaxnm.masks import device_exact, exact, greedy, residual
+from jaxnm.masks import certificate, device_exact, exact, greedy, residual
 
 NM = [(1, 2), (2, 4), (4, 8), (3, 8), (2, 8), (8, 16)]
 
@@ -116,3 +116,32 @@ def test_transposable_mask_exact_device_under_jit():
         float(jnp.sum(jnp.where(reference, scores, 0))),
         rtol=1e-6,
     )
+
+
+def check_float_proof(n, m, seed, per_kind):
+    """``proven_optimal_float`` (stage 2 of exact_device): proven => every cycle of the
+    residual graph costs > 0 in float64, on optimal (OR-Tools) and on poor (circulant)
+    masks of normal, tied and wide-range tiles; and it proves most optimal Gaussian tiles
+    (else the exact stage would do all the work)."""
+    kinds = ["normal", "integers", "scaled"]
+    s = np.concatenate([tiles(kind, per_kind, m, seed + i) for i, kind in enumerate(kinds)])
+    ar = np.arange(m)
+    circulant = np.broadcast_to((ar[None, :] - ar[:, None]) % m < n, s.shape)
+    best = exact.solve_host(s, n)
+    prove = jax.jit(certificate.proven_optimal_float)
+    for keep in (circulant, best):
+        proven = np.asarray(prove(jnp.asarray(s), jnp.asarray(keep)))
+        for tile, k in zip(s[proven].astype(np.float64), keep[proven], strict=True):
+            assert most_negative_cycle_mean(tile, k) > 0
+    gauss = np.asarray(prove(jnp.asarray(s[:per_kind]), jnp.asarray(best[:per_kind])))
+    assert np.mean(gauss) > 0.8
+
+
+def test_float_proof_never_proves_a_suboptimal_mask():
+    check_float_proof(4, 8, seed=0, per_kind=32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n,m", NM)
+def test_float_proof_never_proves_a_suboptimal_mask_thorough(n, m):
+    check_float_proof(n, m, seed=n * m, per_kind=2000 // m)
