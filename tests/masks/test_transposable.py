@@ -81,10 +81,20 @@ def test_every_mask_is_valid(method, nm, lead, tiles, dtype, kind, seed):
     assert_valid(mask, shape, n, m)
 
 
-@pytest.mark.parametrize(
-    "method, n, m",
-    [(x, 4, 8) for x in METHODS if allowed(x, 4, 8)] + [("exhaustive", 2, 4), ("auto", 2, 4)],
-)
+def _layer_plumbing_cases():
+    """The layer-level plumbing (tiling, leading and non-leading vmapped axes) is the same for
+    every solver; the solver contract (test_solver_contract.py) checks eager = jit = vmap for
+    each solver on its tiles. CI runs greedy, exhaustive and auto; the exact solvers with
+    ``-m slow`` (each eager call of them costs a compile per op; CI budget)."""
+    cases = [(x, 4, 8) for x in METHODS if allowed(x, 4, 8)] + [
+        ("exhaustive", 2, 4),
+        ("auto", 2, 4),
+    ]
+    slow = {"exact", "exact_device"}
+    return [pytest.param(*c, marks=[pytest.mark.slow] if c[0] in slow else []) for c in cases]
+
+
+@pytest.mark.parametrize("method, n, m", _layer_plumbing_cases())
 def test_jit_vmap_eager_identical_and_deterministic(method, n, m):
     w = make_weights(np.random.default_rng(0), (3, 2 * m, 3 * m), "normal", jnp.float32)
 
