@@ -1,6 +1,8 @@
 """The greedy solver: the paper's greedy pass, repair, cycle cancelling, quality (jit/vmap/eager
 agreement: tests/masks/test_solver_contract.py)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +55,12 @@ def test_greedy_keep_matches_the_paper_greedy(n, m):
         np.testing.assert_array_equal(keep, paper_greedy(tile, n))
 
 
+@functools.cache
+def jitted_solve(n, rounds):
+    """``jit(greedy.solve)``: one compile per setting, not op-by-op dispatch (CI time)."""
+    return jax.jit(lambda s: greedy.solve(s, n, improve_rounds=rounds))
+
+
 @settings(max_examples=6)
 @given(
     nm=st.sampled_from(NM),
@@ -71,7 +79,7 @@ def test_solve_gives_exactly_n_per_row_and_column(nm, kind, rounds, seed):
         s = np.abs(rng.standard_normal((8, m, m)))
         s[rng.random(s.shape) < 0.2] = np.inf
         s[rng.random(s.shape) < 0.2] = -1.0  # NaN marker
-    keep = greedy.solve(jnp.asarray(s, jnp.float32), n, improve_rounds=rounds)
+    keep = jitted_solve(n, rounds)(jnp.asarray(s, jnp.float32))
     assert keep.dtype == jnp.bool_ and keep.shape == s.shape
     assert counts_ok(keep, n)
 
