@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
@@ -69,6 +70,7 @@ def mask_fn(method, n, m):
     return jax.jit(lambda x: jaxnm.transposable_mask(x, n, m, method=method))
 
 
+@pytest.mark.slow  # in CI the solver contract (test_solver_contract.py) checks the same bounds
 @settings(max_examples=10)
 @given(nm=st.sampled_from(NM), seed=st.integers(0, 2**31 - 1))
 def test_every_method_keeps_at_least_half_of_optimum_on_every_tile(nm, seed):
