@@ -1,5 +1,7 @@
 """The on-device exact solver: optimal values, a negative-cycle certificate, identity."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +44,12 @@ def tiles(kind, n_tiles, m, seed):
     return s.astype(np.float32)
 
 
+@functools.cache
+def jitted_solve(n):
+    """``jit(device_exact.solve)`` per ``n``: one compile, not op-by-op dispatch (CI time)."""
+    return jax.jit(lambda s: device_exact.solve(s, n))
+
+
 @settings(max_examples=8)
 @given(
     nm=st.sampled_from(NM),
@@ -51,7 +59,7 @@ def tiles(kind, n_tiles, m, seed):
 def test_equals_the_optimum(nm, kind, seed):
     n, m = nm
     s = tiles(kind, 24, m, seed)
-    keep = np.asarray(device_exact.solve(jnp.asarray(s), n))
+    keep = np.asarray(jitted_solve(n)(jnp.asarray(s)))
     assert np.all(keep.sum(-1) == n) and np.all(keep.sum(-2) == n)
     value = retained(s, keep)
     optimum = retained(s, exact.solve_host(s, n))
