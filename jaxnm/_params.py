@@ -106,11 +106,16 @@ def default_include(m: int, transposable: bool) -> Include:
     """The default ``include`` of :func:`jaxnm.sparsify`: leaves named ``"kernel"`` of rank
     >= 2 whose last two axes tile by ``m`` (only axis ``-2`` when ``transposable=False``).
 
-    :func:`select_leaves` adds the views: a kernel's :class:`KernelView` metadata (NNX), else
-    :data:`ATTENTION_VIEWS` for the rank-3 kernels of Flax's attention projections."""
+    The rank-3 kernels of Flax's attention projections get their :data:`ATTENTION_VIEWS`
+    view (returned instead of ``True``), so passing this predicate explicitly selects what the
+    default selection (``include=None``) does; :func:`select_leaves` also reads NNX
+    Variables' :class:`KernelView` metadata, which a predicate cannot see."""
 
-    def include(path: Path, leaf) -> bool:
-        return default_skip_reason(path, leaf, m, transposable) is None
+    def include(path: Path, leaf) -> bool | KernelView:
+        view = attention_view(path, tuple(np.shape(leaf)))
+        if default_skip_reason(path, leaf, m, transposable, view) is not None:
+            return False
+        return view or True
 
     return include
 

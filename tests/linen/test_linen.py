@@ -316,6 +316,9 @@ def test_plain_flax_attention_gets_masks_along_its_contraction():
     params = model.init(jax.random.key(1), x)["params"]
     opt_state = jaxnm.sparsify(N, M).init(params)
     masks = jaxnm.current_masks(opt_state)
+    # The public default predicate, passed explicitly, selects the same views and masks.
+    explicit = jaxnm.sparsify(N, M, include=jaxnm.default_include(M, True)).init(params)
+    jax.tree.map(np.testing.assert_array_equal, jaxnm.current_masks(explicit), masks)
     for name in ("query", "key", "value", "out"):
         mask = masks[name]["kernel"]
         assert mask.shape == params[name]["kernel"].shape
