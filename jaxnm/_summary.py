@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
-from jaxnm._params import Path, format_path
-from jaxnm._state import find_states, sparse_leaves, unpack_leaf
+from jaxnm._params import Path, format_path, key_path_names
+from jaxnm._state import find_states, is_variable, sparse_leaves, unpack_leaf, variable_value
+from jaxnm.masks.certificate import certify
+from jaxnm.masks.packing import unpack
+from jaxnm.masks.scores import importance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +30,12 @@ class SummaryRow:
       density: fraction of weights the current mask keeps (1.0 for a dense parameter or
         during a dense phase of the schedule).
       reason: why a dense parameter is dense ("" for sparse ones).
+      certified: a proven lower bound on the fraction of the best achievable retained
+        ``|w|`` that the mask keeps (1.0: provably optimal); None when not computed (see
+        :func:`sparsity_summary`'s ``params``), for dense parameters and during a dense
+        phase. Transposable masks: ``sum(value) / sum(bound)`` of
+        :func:`jaxnm.masks.certify` (the LP-dual bound per tile, no exact solve); N:M
+        masks: retained over the top-``n`` per group, exact.
     """
 
     path: Path
@@ -34,6 +45,7 @@ class SummaryRow:
     transposable: bool | None
     density: float
     reason: str = ""
+    certified: float | None = None
 
     @property
     def sparse(self) -> bool:
@@ -53,6 +65,11 @@ COLUMNS: tuple[tuple[str, Callable[[SummaryRow], str]], ...] = (
     ("n:m", _nm),
     ("density", lambda r: f"{r.density:.3f}"),
     ("dense because", lambda r: r.reason),
+)
+#: The column :func:`sparsity_summary` adds when given the params.
+CERTIFIED_COLUMN: tuple[str, Callable[[SummaryRow], str]] = (
+    "certified >=",
+    lambda r: "-" if r.certified is None else f"{r.certified:.6f}",
 )
 
 
@@ -75,8 +92,11 @@ class SparsitySummary:
         return tuple(r for r in self.rows if not r.sparse)
 
     def __str__(self) -> str:
-        cells = [[cell(r) for _, cell in COLUMNS] for r in self.rows]
-        headers = [h for h, _ in COLUMNS]
+        columns = COLUMNS
+        if any(r.certified is not None for r in self.rows):
+            columns = (*COLUMNS[:-1], CERTIFIED_COLUMN, COLUMNS[-1])
+        cells = [[cell(r) for _, cell in columns] for r in self.rows]
+        headers = [h for h, _ in columns]
         widths = [max(len(x) for x in col) for col in zip(headers, *cells, strict=False)]
         lines = [
             "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
@@ -92,21 +112,30 @@ class SparsitySummary:
         return "\n".join(lines)
 
 
-def sparsity_summary(opt_state: Any) -> SparsitySummary:
+def sparsity_summary(opt_state: Any, params: Any = None) -> SparsitySummary:
     """Per parameter: path, shape, ``n:m`` (``-T`` when transposable), the current density,
-    and for dense parameters why they are dense.
+    and for dense parameters why they are dense; with ``params``, also how close each mask
+    is to the best possible one (the "certified >=" column).
 
     Args:
       opt_state: an optimizer state containing :func:`jaxnm.sparsify` state(s): plain
         optax or a Linen training's ``opt_state``, an ``nnx.Optimizer`` or its
         ``opt_state``; several sparse groups (``optax.multi_transform``) are listed
         together. For an NNX model itself see :func:`jaxnm.nnx.sparsity_summary`.
+      params: optional, the dense params the masks were solved from (the tree passed to
+        ``init`` / ``update``: plain arrays, or ``nnx.State`` of Variables). When given,
+        each sparse row's ``certified`` is a proven lower bound on the fraction of the
+        optimal retained ``|w|`` its mask keeps (:attr:`SummaryRow.certified`: the LP-dual
+        certificate of :func:`jaxnm.masks.certify` for transposable masks, so a greedy
+        mask's gap per layer shows without an exact solve). Off by default: it runs the
+        certificate (a jitted Bellman–Ford per layer shape) on every sparse weight.
 
     Returns:
       a :class:`SparsitySummary`; ``print(summary)`` shows the table.
 
     Raises:
-      ValueError: ``opt_state`` holds no sparsify state.
+      ValueError: ``opt_state`` holds no sparsify state, or ``params`` lacks a sparsified
+        parameter or has it in another shape.
 
     Example:
       >>> import jax.numpy as jnp, jaxnm
@@ -117,10 +146,22 @@ def sparsity_summary(opt_state: Any) -> SparsitySummary:
       b/kernel   (6, 8)  -      1.000    axes (6, 8) not multiples of m=4
       1 of 2 parameters sparse (64 of 112 weights); 0.714 of all weights kept
     """
+    weights = None if params is None else _leaves_by_path(params)
     sparse = []
     for path, bits, state in sparse_leaves(opt_state):
         mask = np.asarray(unpack_leaf(bits, state, path))
-        row = SummaryRow(path, mask.shape, state.n, state.m, state.transposable, float(mask.mean()))
+        certified = None
+        if weights is not None:
+            certified = _certified(_weight(weights, path, mask.shape), bits, state)
+        row = SummaryRow(
+            path,
+            mask.shape,
+            state.n,
+            state.m,
+            state.transposable,
+            float(mask.mean()),
+            certified=certified,
+        )
         sparse.append(row)
     dense = []
     for state in find_states(opt_state):
@@ -128,3 +169,62 @@ def sparsity_summary(opt_state: Any) -> SparsitySummary:
             SummaryRow(s.path, s.shape, None, None, None, 1.0, s.reason) for s in state.skipped
         ]
     return SparsitySummary(tuple(sparse + dense))
+
+
+def _leaves_by_path(params: Any) -> dict[Path, Any]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_variable)
+    return {key_path_names(p): variable_value(x) for p, x in flat}
+
+
+def _weight(weights: dict[Path, Any], path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    if path not in weights:
+        raise ValueError(f"`params` has no parameter `{format_path(path)}` (a sparsified one).")
+    w = np.asarray(weights[path])
+    if w.shape != shape:
+        raise ValueError(
+            f"`params` has `{format_path(path)}` of shape {w.shape}; its mask is {shape}."
+        )
+    return w
+
+
+#: Jitted once per layer shape and pattern.
+_certify = jax.jit(certify, static_argnums=(2, 3))
+
+
+def _certified(w: np.ndarray, bits: Any, state: Any) -> float | None:
+    """Proven lower bound on the fraction of the optimal retained ``|w|`` that the mask
+    stored in ``bits`` keeps, or None for a mask that is not N:M (a dense phase).
+
+    The mask and ``w`` are taken on the stored 2-D view (kernels with a
+    :class:`jaxnm.KernelView`). Transposable: ``1 - sum(gap) / sum(value)`` of the tiles'
+    certificates (``optimum - retained <= sum(gap)``, ``optimum >= sum(value)``); N:M:
+    retained over the top-``n`` of every group. Sums are exact, then rounded outwards
+    (``math.fsum``, ``nextafter``), so the result never overstates the truth."""
+    n, m = state.n, state.m
+    mask = np.asarray(unpack(np.asarray(variable_value(bits)), m))
+    w = w.reshape(mask.shape)
+    if state.transposable:
+        cert = _certify(w, mask, n, m)
+        gap = np.asarray(cert.gap, np.float64).ravel()
+        if not np.all(np.isfinite(gap)):
+            return None  # some tile does not keep exactly n per row and column
+        # optimum - retained <= sum(gap) and optimum >= retained >= sum(value), so the
+        # fraction is >= 1 - sum(gap) / sum(value): exactly 1 when every tile is proven.
+        lost = math.fsum(gap)
+        if lost == 0.0:
+            return 1.0
+        lost = np.nextafter(lost, np.inf)
+        value = np.nextafter(math.fsum(np.asarray(cert.value, np.float64).ravel()), 0.0)
+        return float(np.nextafter(max(0.0, 1.0 - lost / value), 0.0)) if value > 0 else 0.0
+    groups = np.moveaxis(mask, -2, -1).reshape(-1, m)
+    if not np.all(groups.sum(-1) == n):
+        return None
+    scores = np.maximum(np.asarray(importance(w), np.float64), 0.0)
+    scores = np.moveaxis(scores, -2, -1).reshape(-1, m)
+    value = math.fsum((scores * groups).ravel())
+    bound = math.fsum(np.sort(scores, axis=-1)[:, m - n :].ravel())
+    if not math.isfinite(bound):
+        return None  # an infinite weight: the fraction is not a number
+    if value >= bound:
+        return 1.0  # optimal (also: nothing to keep, every mask is optimal)
+    return float(np.nextafter(value / bound, 0.0))
