@@ -376,6 +376,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh process compiling for 8 devices (~25 s; CI budget)
 def test_sharded_training_op_on_8_virtual_devices():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
