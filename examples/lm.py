@@ -27,6 +27,11 @@ from nmexamples import flags, training  # noqa: E402
 from nmexamples.lm_training import LMConfig, train  # noqa: E402
 
 
+def run_label(cfg: LMConfig) -> str:
+    """The run's name, e.g. ``"lm_stdlib_48t_mvue_1_2_seed0"`` (``training.run_label``)."""
+    return training.run_label(cfg, model="lm", data=Path(cfg.data).name)
+
+
 def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) -> LMConfig:
     """Parses the command line into an :class:`LMConfig`: one flag per field (see
     :mod:`nmexamples.flags`; the recipe fields with the help and choices of ``train.py``'s
@@ -42,8 +47,7 @@ def parse_args(argv: list[str] | None = None, defaults: LMConfig | None = None) 
     a = p.parse_args(argv)
     cfg = flags.config_from_args(a, d, [f for f in own if f != "out"])
     cfg = dataclasses.replace(cfg, **training.recipe_kwargs(a, training.RECIPE_FIELDS))
-    label = training.run_label(cfg, model="lm", data=Path(cfg.data).name)
-    return dataclasses.replace(cfg, out=a.out or str(Path("runs") / label))
+    return dataclasses.replace(cfg, out=a.out or str(Path("runs") / run_label(cfg)))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -64,10 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     # seeds outermost: an interrupted table has every row for the seeds it finished
     for seed in a.seeds:
         for name in a.configs:
-            run = out / f"{name.replace(' ', '').replace(':', '').replace('+', '_')}_seed{seed}"
-            cfg = dataclasses.replace(
-                base, **CONFIGS[name], seed=seed, out=str(run), resume=True, progress=False
-            )
+            cfg = dataclasses.replace(base, **CONFIGS[name], seed=seed, resume=True)
+            cfg = dataclasses.replace(cfg, out=str(out / lm.run_label(cfg)), progress=False)
             t0 = time.perf_counter()
             last = train(cfg)[-1]
             seconds = time.perf_counter() - t0

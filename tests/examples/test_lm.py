@@ -216,6 +216,8 @@ def test_lm_table_passes_one_recipe_and_prints_gaps(monkeypatch, tmp_path, capsy
     )
     assert len(seen) == 2 * len(run_lm_table.CONFIGS)
     assert all(c.steps == 7 and c.srste == 0.001 and c.sparse_start == 0.3 for c in seen)
+    assert {c.out for c in seen} == {str(tmp_path / lm_script.run_label(c)) for c in seen}
+    assert str(tmp_path / "lm_stdlib_48t_mvue_1_2_seed1") in {c.out for c in seen}
     assert {(c.sparsity, c.transposable, c.grad_sparsity) for c in seen} == {
         ("dense", False, "none"),
         ("4:8", True, "none"),
