@@ -43,7 +43,7 @@ from jaxnm._checks import check_int, check_nm, check_nonnegative_scalar
 from jaxnm._params import Include, key_path_names, select_leaves
 from jaxnm._sharding import explicit_sharding
 from jaxnm._state import SparsifyState, map_masks, variable_array
-from jaxnm.masks.kernel import kernel_masks
+from jaxnm.masks.kernel import kernel_masks_packed
 from jaxnm.masks.layers import default_plan, host_solver, layer_masks_host
 from jaxnm.masks.packing import MAX_GROUP, pack, pack_host, packed_shape, unpack, word_dtype
 from jaxnm.masks.solvers import MaskMethod, Solver, resolve_solver
@@ -309,10 +309,10 @@ def _solve_packed(
 ) -> list:
     """Packed masks of the weights ``ws``, one compiled call for all of them.
 
-    :func:`jaxnm.masks.kernel.kernel_masks`; transposable:
-    :func:`jaxnm.masks.layers.layer_masks` solves the tiles of every weight
-    in one solver call (on one device: one flat batch, whatever the kernel shapes; where
-    weights may be sharded: every tile grid kept, so no tile leaves its device). A jitted
+    :func:`jaxnm.masks.kernel.kernel_masks_packed`; transposable:
+    :func:`jaxnm.masks.layers.layer_masks_packed` solves the tiles of every weight in one
+    solver call (on one device: one flat batch, whatever the kernel shapes, packed at once;
+    where weights may be sharded: every tile grid kept, so no tile leaves its device). A jitted
     module-level function, so compiled solvers are cached by shapes and settings across
     :func:`sparsify` instances, and ``init`` and the refresh branch trace the same code.
     ``views``: per weight, None or the 2-D ``(in, out)`` shape its mask is solved and packed
@@ -320,8 +320,7 @@ def _solve_packed(
     """
     views = views or (None,) * len(ws)
     flat = [w if view is None else w.reshape(view) for w, view in zip(ws, views, strict=True)]
-    masks = kernel_masks(flat, n, m, transposable=transposable, solver=solver)
-    return [pack(mask, m) for mask in masks]
+    return kernel_masks_packed(flat, n, m, transposable=transposable, solver=solver)
 
 
 def _add_srste(updates: Any, masks: Any, params: Any, srste, m: int) -> Any:

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import jax
 
-from jaxnm.masks.layers import layer_masks
+from jaxnm.masks.layers import layer_masks, layer_masks_packed
 from jaxnm.masks.nm import nm_mask
+from jaxnm.masks.packing import pack
 from jaxnm.masks.solvers import MaskMethod, Solver, resolve_solver
 
 
@@ -37,6 +38,24 @@ def kernel_masks(
     if transposable:
         return layer_masks(ws, n, m, solver)
     return [nm_mask(w, n, m, axis=-2) for w in ws]
+
+
+def kernel_masks_packed(
+    ws: Sequence[jax.Array], n: int, m: int, *, transposable: bool, solver: Solver
+) -> list[jax.Array]:
+    """:func:`kernel_masks`, bit-packed (``jaxnm.masks.packing.pack(mask, m)`` of each).
+
+    Transposable masks come packed from
+    :func:`jaxnm.masks.layers.layer_masks_packed` (one packing of the flat tile batch
+    for all the kernels); the others are packed one by one.
+
+    Returns:
+      list of arrays ``(..., in // m, out)`` of :func:`~jaxnm.masks.packing.word_dtype`
+      ``(m)``.
+    """
+    if transposable:
+        return layer_masks_packed(ws, n, m, solver)
+    return [pack(nm_mask(w, n, m, axis=-2), m) for w in ws]
 
 
 def kernel_mask(

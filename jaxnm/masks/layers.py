@@ -39,6 +39,7 @@ import numpy as np
 from jaxnm._checks import check_floating, check_nm, check_tileable
 from jaxnm._sharding import explicit_sharding
 from jaxnm.masks import exhaustive, greedy, greedy_host, solvers
+from jaxnm.masks.packing import pack, packed_shape
 from jaxnm.masks.scores import importance
 from jaxnm.masks.solvers import Solver
 from jaxnm.masks.tiles import from_tiles, to_tiles
@@ -129,6 +130,51 @@ def layer_masks(
       ValueError: bad ``n``/``m``/``plan``, a non-floating weight or one whose last two
         axes do not tile by ``m``.
     """
+    return _layer_masks(ws, n, m, solve, plan=plan, compact=compact, packed=False)
+
+
+def layer_masks_packed(
+    ws: Sequence[jax.Array],
+    n: int,
+    m: int,
+    solve: Solver,
+    *,
+    plan: Plan | None = None,
+    compact: bool | None = None,
+) -> list[jax.Array]:
+    """:func:`layer_masks`, bit-packed: ``jaxnm.masks.packing.pack(mask, m)`` of every mask.
+
+    With ``plan="flat"`` the flat batch of tiles is packed once, in the tile domain (an
+    ``m x m`` tile's rows are one packing group, so its mask packs to ``m`` words, one per
+    column), and each weight's packed mask is a slice of it reshaped, with no transpose:
+    one small packing computation for all the weights instead of one per weight, which is
+    most of what XLA compiles around the solver (BENCHMARKS.md, "Start-up"). ``"grid"``
+    packs each weight's mask (``pack`` keeps its sharding).
+
+    Args:
+      ws, n, m, solve, plan, compact: as in :func:`layer_masks`.
+
+    Returns:
+      list of arrays ``(..., R // m, C)`` of :func:`~jaxnm.masks.packing.word_dtype`
+      ``(m)``, the packed masks of ``ws``: equal to ``pack(layer_masks(ws, ...)[i], m)``.
+
+    Raises:
+      ValueError: as :func:`layer_masks`.
+    """
+    return _layer_masks(ws, n, m, solve, plan=plan, compact=compact, packed=True)
+
+
+def _layer_masks(
+    ws: Sequence[jax.Array],
+    n: int,
+    m: int,
+    solve: Solver,
+    *,
+    plan: Plan | None,
+    compact: bool | None,
+    packed: bool,
+) -> list[jax.Array]:
+    """:func:`layer_masks` (``packed=False``) or :func:`layer_masks_packed` (True)."""
     n, m = check_nm(n, m)
     for i, w in enumerate(ws):
         check_floating(w, name=f"ws[{i}]")
@@ -137,20 +183,27 @@ def layer_masks(
         plan = default_plan(ws)
     if plan not in ("flat", "grid"):
         raise ValueError(f"`plan` (={plan!r}) must be 'flat' or 'grid'.")
+    finish = (lambda mask: pack(mask, m)) if packed else (lambda mask: mask)
     tiles = [to_tiles(importance(w), m) for w in ws]  # (..., R // m, C // m, m, m)
     if plan == "grid":
-        return [from_tiles(solve_tiles(t, n, solve, compact=False)) for t in tiles]
+        return [finish(from_tiles(solve_tiles(t, n, solve, compact=False))) for t in tiles]
     counts = [math.prod(t.shape[:-2]) for t in tiles]
     total = sum(counts)
     if total == 0:
-        return [jnp.zeros(jnp.shape(w), bool) for w in ws]
+        return [finish(jnp.zeros(jnp.shape(w), bool)) for w in ws]
     if compact is None:
         compact = default_compact(total)
     flat = jnp.concatenate([t.reshape(-1, m, m) for t in tiles])
-    keep = solve_tiles(flat, n, solve, compact=compact)
+    keep = solve_tiles(flat, n, solve, compact=compact)  # (B, m, m)
+    if packed:
+        keep = pack(keep, m)[:, 0]  # (B, m): a tile's rows are one group, a word per column
     out, start = [], 0
-    for t, count in zip(tiles, counts, strict=True):
-        out.append(from_tiles(keep[start : start + count].reshape(t.shape)))
+    for w, t, count in zip(ws, tiles, counts, strict=True):
+        part = keep[start : start + count]
+        if packed:  # (..., R // m, C // m, m) words -> (..., R // m, C)
+            out.append(part.reshape(packed_shape(jnp.shape(w), m)))
+        else:
+            out.append(from_tiles(part.reshape(t.shape)))
         start += count
     return out
 

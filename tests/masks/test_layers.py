@@ -81,6 +81,29 @@ def test_other_solvers_match_tilewise(n, m, method):
     )
 
 
+@pytest.mark.parametrize("m", [4, 8, 16])
+def test_packed_masks_are_the_packed_layer_masks(m):
+    # The flat plan packs the tile batch at once (a tile's rows are one group): the same
+    # words as packing every weight's mask. Any solver output exercises the layout.
+    from jaxnm.masks.packing import pack
+
+    ws = weights(m, big=False)
+    ws.append(jnp.zeros((0, m), jnp.float32))  # no tiles: an empty packed mask
+
+    def solver(s, n):
+        return s > 0.5
+
+    for plan in ("flat", "grid"):
+        masks = layers.layer_masks(ws, 1, m, solver, plan=plan)
+        packed = jax.jit(
+            lambda ws, plan=plan: layers.layer_masks_packed(ws, 1, m, solver, plan=plan)
+        )(ws)
+        for mask, words in zip(masks, packed, strict=True):
+            expected = pack(mask, m)
+            assert words.shape == expected.shape and words.dtype == expected.dtype
+            np.testing.assert_array_equal(words, expected, err_msg=f"m={m} {plan}")
+
+
 def test_default_plan_and_compaction():
     w = jnp.ones((8, 8))
     assert layers.default_plan([w]) == ("flat" if jax.device_count() == 1 else "grid")
