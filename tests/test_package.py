@@ -1,8 +1,12 @@
 """The package surface: what ``import jaxnm`` loads, the lazy Flax subpackages, no shadowing."""
 
+import importlib
+import pkgutil
 import subprocess
 import sys
 import types
+
+import jax.numpy as jnp
 
 import jaxnm
 
@@ -69,3 +73,18 @@ def test_no_function_hides_a_module_and_masks_is_not_callable():
         assert isinstance(fn, types.FunctionType) and fn.__module__.startswith("jaxnm.ops._"), name
     assert isinstance(jaxnm.masks, types.ModuleType) and not callable(jaxnm.masks)
     assert type(jaxnm.masks) is types.ModuleType
+
+
+def test_masks_stays_a_plain_module_after_importing_every_submodule():
+    for info in pkgutil.walk_packages(jaxnm.__path__, "jaxnm."):
+        importlib.import_module(info.name)
+    exec("import jaxnm.masks.greedy", {})  # an `import` statement binding the submodule
+
+    assert jaxnm.masks.nm_mask is jaxnm.nm_mask
+    assert callable(jaxnm.masks.greedy.solve)
+    state = jaxnm.sparsify(2, 4).init({"out": {"kernel": jnp.ones((16, 4))}, "b": jnp.ones(3)})
+    assert jaxnm.current_masks(state)["out"]["kernel"].shape == (16, 4)
+    assert jaxnm.current_masks(state)["b"] is None
+    from jaxnm import masks
+
+    assert masks is jaxnm.masks and not callable(masks)  # a plain module (0.2)

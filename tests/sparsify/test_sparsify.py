@@ -1,7 +1,6 @@
-"""jaxnm.sparsify: schedule, include, SR-STE, chain position, optax wrappers, orbax."""
-
-import importlib
-import pkgutil
+"""jaxnm.sparsify (jaxnm/_sparsify.py): the mask schedule, dense tail, frozen masks, SR-STE,
+chain position, optax MultiSteps / inject_hyperparams, bf16 params, orbax, argument errors.
+Selection is tested in test_params.py, the optax wrappers in test_wrappers.py."""
 
 import jax
 import jax.numpy as jnp
@@ -72,35 +71,6 @@ def _run(tx, steps, params=None):
 def _mask_leaves(opt_state):
     masks = jaxnm.current_masks(opt_state)
     return masks["dense"]["kernel"], masks["out"]["kernel"]
-
-
-def test_default_include_and_masks():
-    state = jaxnm.sparsify(N, M).init(_params())
-    masks = jaxnm.current_masks(state)
-    assert masks["dense"]["bias"] is None and masks["odd"]["kernel"] is None
-    for name in ("dense", "out"):
-        assert masks[name]["kernel"].dtype == jnp.bool_
-        assert masks[name]["kernel"].shape == _params()[name]["kernel"].shape
-        assert bool(jaxnm.is_transposable_nm(masks[name]["kernel"], N, M))
-    # Stored bit-packed: one uint8 per group of 4 (2 bits per weight, not 8).
-    assert state.masks["dense"]["kernel"].shape == (2, 16)
-    assert state.masks["dense"]["kernel"].dtype == jnp.uint8
-    plain = jaxnm.current_masks(jaxnm.sparsify(N, M, transposable=False).init(_params()))
-    assert bool(jaxnm.is_nm(plain["out"]["kernel"], N, M, axis=-2))
-    np.testing.assert_array_equal(
-        plain["out"]["kernel"], jaxnm.nm_mask(_params()["out"]["kernel"], N, M)
-    )
-
-
-def test_include_predicate_and_error_names_path():
-    tx = jaxnm.sparsify(N, M, include=lambda path, leaf: path[0] == "out")
-    masks = jaxnm.current_masks(tx.init(_params()))
-    assert masks["dense"]["kernel"] is None and masks["out"]["kernel"] is not None
-    bad = jaxnm.sparsify(N, M, include=lambda path, leaf: path[-1] == "kernel")
-    with pytest.raises(ValueError, match="odd/kernel"):
-        bad.init(_params())
-    with pytest.raises(ValueError, match="dense/bias"):
-        jaxnm.sparsify(N, M, include=lambda path, leaf: path[-1] == "bias").init(_params())
 
 
 def test_training_schedule_refresh_only_at_refresh_steps():
@@ -263,21 +233,6 @@ def test_orbax_round_trip_continues_bit_identically(tmp_path):
     )
 
 
-def test_masks_is_callable_after_importing_every_submodule():
-    for info in pkgutil.walk_packages(jaxnm.__path__, "jaxnm."):
-        importlib.import_module(info.name)
-    exec("import jaxnm.masks.greedy", {})  # an `import` statement binding the submodule
-
-    assert jaxnm.masks.nm_mask is jaxnm.nm_mask
-    assert callable(jaxnm.masks.greedy.solve)
-    state = jaxnm.sparsify(N, M).init(_params())
-    assert jaxnm.current_masks(state)["out"]["kernel"].shape == (16, 4)
-    assert jaxnm.current_masks(state)["dense"]["bias"] is None
-    from jaxnm import masks
-
-    assert masks is jaxnm.masks and not callable(masks)  # a plain module (0.2)
-
-
 def test_errors():
     with pytest.raises(ValueError, match="refresh_every"):
         jaxnm.sparsify(N, M, refresh_every=0)
@@ -299,47 +254,3 @@ def test_errors():
         tx.update(_params(), state)
     with pytest.raises(ValueError, match="found 0"):
         jaxnm.current_masks(optax.adam(0.1).init(_params()))
-
-
-@pytest.mark.parametrize("dtype", [jnp.bool_, jnp.float32])
-def test_apply_masks_straight_through(dtype):
-    w = jnp.arange(1.0, 9.0).reshape(4, 2)
-    mask = jnp.array([[1, 0], [0, 1], [1, 1], [0, 0]]).astype(dtype)
-    params = {"k": w, "b": jnp.ones(2)}
-    eff = jaxnm.apply_masks(params, {"k": mask, "b": None})
-    np.testing.assert_array_equal(eff["k"], jnp.where(mask != 0, w, 0))
-    np.testing.assert_array_equal(eff["b"], params["b"])
-    c = jnp.arange(8.0).reshape(4, 2)
-    grads = jax.grad(lambda p: jnp.sum(jaxnm.apply_masks(p, {"k": mask, "b": None})["k"] * c))(
-        params
-    )
-    np.testing.assert_array_equal(grads["k"], c)  # pruned entries get the gradient too
-
-
-def test_include_may_return_a_kernel_view():
-    """A rank-3 kernel (in, heads, head_dim) selected with KernelView(1) gets a transposable
-    mask on its flattened (in, heads * head_dim) view (2 heads: fewer than m)."""
-    w = jax.random.normal(jax.random.key(0), (8, 2, 4))
-    params = {"q": {"kernel": w}, "o": {"kernel": jnp.ones((8, 8))}}
-
-    def include(path, leaf):
-        return jaxnm.KernelView(1) if path == ("q", "kernel") else path[-1] == "kernel"
-
-    state = jaxnm.sparsify(N, M, include=include).init(params)
-    assert state.views == ((("q", "kernel"), jaxnm.KernelView(1), (8, 2, 4)),)
-    assert state.masks["q"]["kernel"].shape == (2, 8)  # packed on the (8, 8) view
-    mask = jaxnm.current_masks(state)["q"]["kernel"]
-    assert mask.shape == (8, 2, 4)
-    assert bool(jaxnm.is_transposable_nm(mask.reshape(8, 8), N, M))
-    np.testing.assert_array_equal(
-        mask.reshape(8, 8), jaxnm.transposable_mask(w.reshape(8, 8), N, M)
-    )
-    dense_phase = jaxnm.sparsify(N, M, include=include, start_step=2).init(params)
-    assert bool(jaxnm.current_masks(dense_phase)["q"]["kernel"].all())
-    assert dense_phase.masks["q"]["kernel"].shape == (2, 8)
-    with pytest.raises(ValueError, match="flattened"):
-        jaxnm.sparsify(N, M, include=lambda path, leaf: jaxnm.KernelView(1)).init(
-            {"k": jnp.ones((6, 2, 4))}
-        )
-    with pytest.raises(ValueError, match="in_axes"):
-        jaxnm.KernelView(0)
