@@ -1,4 +1,5 @@
-"""jaxnm.nnx: end-to-end N:M training of NNX models through the optimizer-owned masks."""
+"""jaxnm.nnx.sparsify_model and jaxnm.nnx.Optimizer (jaxnm/nnx/model.py): end-to-end N:M training
+of NNX models, each layer's mask in its own op Variable written by the optimizer."""
 
 import jax
 import jax.numpy as jnp
