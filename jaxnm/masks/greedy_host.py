@@ -27,6 +27,9 @@ batches of a few tiles, where it was seen to compute the tolerance without flush
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+
 import numpy as np
 
 from jaxnm.masks.greedy import default_improve_rounds, default_search_depth
@@ -224,7 +227,12 @@ def _first_min(count: int, fill, shape, flush) -> tuple[np.ndarray, np.ndarray]:
 def _cancel_round(
     scores: np.ndarray, tol: np.ndarray, keep: np.ndarray, bf_rounds: int, flush=_ftz
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`jaxnm.masks.residual.cancel_round` on float32 scores."""
+    """:func:`jaxnm.masks.residual.cancel_round` on float32 scores.
+
+    Cycles are cancelled by flat-index scatters: each cycle row ``v`` drops ``(v, c)``
+    (``c = via[v, pred[v]]``) and its predecessor ``pred[v]`` keeps ``(pred[v], c)``: the
+    device's ``owner`` reduction, since a cycle row has exactly one successor on its cycle.
+    """
     b, m, _ = scores.shape
     add = _select(keep, np.float32(np.inf), -scores)  # [b, u, c]
     drop = _select(keep, scores, np.float32(np.inf))  # [b, v, c]
@@ -239,7 +247,7 @@ def _cancel_round(
     cost_u = np.moveaxis(cost, 2, 0).copy()  # [u, b, v]
     dist = np.zeros((b, m), np.float32)
     pred = np.full((b, m), -1, np.int32)
-    changed = np.zeros(b, bool)
+    upd = np.zeros((b, m), bool)
     for _ in range(bf_rounds):
         # cand[b, v, u] = dist[b, u] + cost[b, v, u], minimized over u.
         dist_u = np.ascontiguousarray(dist.T)
@@ -249,19 +257,20 @@ def _cancel_round(
         upd = best < flush(dist - tol[:, None])
         pred = _select(upd, arg, pred)
         dist = _select(upd, best, dist)
-        changed = np.any(upd, axis=-1)
-    far = pred
+    changed = np.any(upd, axis=-1)
+    base = np.arange(b, dtype=np.intp)[:, None] * m
+    flat_pred = np.where(pred < 0, -1, pred + base).reshape(-1)
+    far = flat_pred
     for _ in range(max(1, (m - 1).bit_length())):
-        far = np.where(far < 0, -1, np.take_along_axis(far, np.maximum(far, 0), axis=-1))
-    ar = np.arange(m, dtype=np.int32)
-    on = np.any(far[:, None, :] == ar[:, None], axis=-1)  # [b, u]
-    step_col = np.take_along_axis(via, np.maximum(pred, 0)[:, :, None], axis=-1)[:, :, 0]
-    drop_mask = on[:, :, None] & (step_col[:, :, None] == ar)
-    owner = on[:, None, :] & (pred[:, None, :] == ar[:, None])  # [b, u, v]
-    add_row = np.any(owner, axis=-1)
-    add_col = np.sum(np.where(owner, step_col[:, None, :], 0), axis=-1)
-    add_mask = add_row[:, :, None] & (add_col[:, :, None] == ar)
-    return (keep | add_mask) & ~drop_mask, changed
+        far = np.where(far < 0, -1, far[np.maximum(far, 0)])
+    on = np.zeros(b * m, bool)
+    on[far[far >= 0]] = True  # rows on a cycle: the image of pred^k
+    cyc = np.flatnonzero(on)  # flat rows b*m + v
+    step_col = via.reshape(b * m, m)[cyc, pred.reshape(-1)[cyc]].astype(np.intp)
+    new = keep.copy().reshape(-1)
+    new[cyc * m + step_col] = False  # drop (v, c)
+    new[flat_pred[cyc] * m + step_col] = True  # keep (pred[v], c)
+    return new.reshape(b, m, m), changed
 
 
 def cancel_cycles(
@@ -292,9 +301,28 @@ def solve(scores: np.ndarray, n: int) -> np.ndarray:
     if scores.ndim != 3 or scores.shape[1] != scores.shape[2]:
         raise ValueError(f"`scores` must have shape (B, m, m), got {scores.shape}.")
     out = np.empty(scores.shape, bool)
-    for start in range(0, scores.shape[0], CHUNK):
+    starts = range(0, scores.shape[0], CHUNK)
+
+    def one(start: int) -> None:
         out[start : start + CHUNK] = _solve_chunk(scores[start : start + CHUNK], n)
+
+    workers = min(len(starts), _cpus())
+    if workers <= 1:
+        for start in starts:
+            one(start)
+        return out
+    # Chunks are independent and NumPy releases the GIL in its array loops, so chunks
+    # solve in parallel threads (the same masks: each tile depends on itself only).
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, starts))
     return out
+
+
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _solve_chunk(scores: np.ndarray, n: int) -> np.ndarray:
