@@ -219,15 +219,16 @@ def sparsify(
         if end_step is not None and dense_tail:
             dense |= step >= end_step
         refresh = sparse & ((step - start_step) % refresh_every == 0)
+        branches = [
+            lambda: state.masks,
+            lambda: solve_packed(state.masks, params, state.views, refresh=True),
+        ]
+        if start_step > 0 or (end_step is not None and dense_tail):
+            branches.append(lambda: dense_masks(state.masks))
+        # With start_step == 0 and no dense tail `dense` is always False: the all-ones
+        # branch is left out (XLA would compile one fill per kernel for it).
         branch = jnp.where(dense, 2, jnp.where(refresh, 1, 0))
-        masks = lax.switch(
-            branch,
-            [
-                lambda: state.masks,
-                lambda: solve_packed(state.masks, params, state.views, refresh=True),
-                lambda: dense_masks(state.masks),
-            ],
-        )
+        masks = lax.switch(branch, branches)
         return updates, dataclasses.replace(state, count=step, masks=masks)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
