@@ -1,6 +1,7 @@
 """Start-up time of sparse training: optimizer init and first-step compile, dense vs sparse.
 
-For each model (Flax Linen, plain optax; same params, same batch), in the same process:
+For each model (Flax Linen, plain optax; same params, same batch, made once per model
+with nothing compiled, see :func:`inputs`), in the same process:
 
 * **init**: ``tx.init(params)`` until its arrays are ready; dense ``optax.adamw`` against
   ``optax.chain(jaxnm.sparsify(n, m, method=..., solve_on=...), optax.adamw)`` (the
@@ -32,6 +33,7 @@ Several ``--solve-on`` values measure one sparse row each, in the same run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -40,6 +42,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jaxnm
@@ -143,12 +146,35 @@ def make_step(model: nn.Module, tx: optax.GradientTransformation, sparse: bool) 
     return step
 
 
-def measure(model, shape, tx, sparse: bool) -> tuple[float, float]:
-    """Cold (init seconds, first-step compile seconds) of one optimizer."""
-    x = jax.random.normal(jax.random.key(1), shape)
-    y = jnp.zeros(shape[0], jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-    jax.block_until_ready(params)
+def inputs(model: nn.Module, shape: tuple[int, ...]) -> tuple:
+    """``(params, x, y)``: the model's params and one batch, made once per model and with
+    nothing compiled: the param shapes come from ``jax.eval_shape(model.init, ...)``, the
+    values are NumPy draws of Flax's default laws (kernels lecun-normal, untruncated;
+    biases 0; norm scales 1; others N(0, 0.02²)). Compiling ``model.init`` itself (its
+    truncated-normal initializers, one compile per kernel shape) took longer than
+    everything measured in a smoke run, and no measurement times it."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+    def draw(path, leaf) -> np.ndarray:
+        name = getattr(path[-1], "key", None)
+        if name == "kernel":
+            fan_in = math.prod(leaf.shape[:-1])
+            return (rng.standard_normal(leaf.shape) / math.sqrt(fan_in)).astype(leaf.dtype)
+        if name in ("bias", "scale"):
+            return np.full(leaf.shape, 0.0 if name == "bias" else 1.0, leaf.dtype)
+        return (0.02 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    params = jax.tree_util.tree_map_with_path(draw, shapes)
+    y = np.zeros(shape[0], np.int32)
+    return jax.block_until_ready(jax.device_put((params, x, y)))
+
+
+def measure(model, data: tuple, tx, sparse: bool) -> tuple[float, float]:
+    """Cold (init seconds, first-step compile seconds) of one optimizer on ``data``
+    (:func:`inputs`)."""
+    params, x, y = data
     jax.clear_caches()
     start = time.perf_counter()
     opt_state = jax.block_until_ready(tx.init(params))
@@ -215,11 +241,12 @@ def main(argv: list[str] | None = None) -> list[float]:
     for name in args.models:
         model, shape = zoo[name]
         print(f"{name}: {sparse_summary(model, shape, args.n, args.m)}", flush=True)
+        data = inputs(model, shape)
         times = {"dense": [], **{kind: [] for kind in sparse_txs}}
         for _ in range(repeats):
-            times["dense"].append(measure(model, shape, dense_tx, sparse=False))
+            times["dense"].append(measure(model, data, dense_tx, sparse=False))
             for kind, tx in sparse_txs.items():
-                times[kind].append(measure(model, shape, tx, sparse=True))
+                times[kind].append(measure(model, data, tx, sparse=True))
         med = {
             kind: [statistics.median(t[i] for t in runs) for i in range(2)]
             for kind, runs in times.items()

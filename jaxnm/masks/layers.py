@@ -20,6 +20,10 @@ device, or a sharding in the arrays' types) and ``"flat"`` otherwise; :func:`def
 compacts only batches of at least :data:`COMPACT_MIN_TILES` tiles, measured by
 ``benchmarks/layer_masks.py`` (BENCHMARKS.md, "Layer masks").
 
+:func:`layer_masks_packed` gives the masks bit-packed (:mod:`jaxnm.masks.packing`); on the
+flat plan it packs the whole tile batch at once, which :func:`jaxnm.sparsify` uses so that
+its train step compiles one packing for all kernels rather than one per kernel.
+
 :func:`layer_masks_host` computes the same masks in NumPy for the solvers that have a host
 twin (:func:`host_solver`: ``"greedy"``, and ``"auto"`` where it means greedy), with no XLA
 compile: :func:`jaxnm.sparsify` solves its initial masks this way (BENCHMARKS.md,
