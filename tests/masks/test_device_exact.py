@@ -45,9 +45,9 @@ def tiles(kind, n_tiles, m, seed):
 
 
 @functools.cache
-def jitted_solve(n):
-    """``jit(device_exact.solve)`` per ``n``: one compile, not op-by-op dispatch (CI time)."""
-    return jax.jit(lambda s: device_exact.solve(s, n))
+def jitted_solve(n, max_rounds=None):
+    """``jit(device_exact.solve)`` per setting: one compile, not op-by-op dispatch (CI time)."""
+    return jax.jit(lambda s: device_exact.solve(s, n, max_rounds=max_rounds))
 
 
 @settings(max_examples=8)
@@ -74,7 +74,7 @@ def test_equals_the_optimum(nm, kind, seed):
 @pytest.mark.parametrize("n,m", [(4, 8), (8, 16)])
 def test_gaussian_tiles_are_optimal(n, m):
     s = tiles("normal", 256, m, n)
-    keep = jax.jit(device_exact.solve, static_argnums=1)(jnp.asarray(s), n)
+    keep = jitted_solve(n)(jnp.asarray(s))
     value = retained(s, keep)
     optimum = retained(s, exact.solve_host(s, n))
     np.testing.assert_allclose(value, optimum, rtol=2e-6)
@@ -85,7 +85,7 @@ def test_nan_and_inf():
     s = np.abs(rng.standard_normal((32, 8, 8)))
     s[rng.random(s.shape) < 0.2] = np.inf
     s[rng.random(s.shape) < 0.2] = -1.0  # NaN marker
-    keep = np.asarray(device_exact.solve(jnp.asarray(s, jnp.float32), 4))
+    keep = np.asarray(jitted_solve(4)(jnp.asarray(s, jnp.float32)))
     assert np.all(keep.sum(-1) == 4) and np.all(keep.sum(-2) == 4)
     # As many infinite entries as a transposable tile can hold, then the best finite ones.
     inf = np.isinf(s).astype(np.float32)
@@ -99,17 +99,17 @@ def test_nan_and_inf():
 def test_max_rounds_zero_is_the_repaired_greedy():
     s = jnp.asarray(tiles("normal", 16, 8, 0))
 
-    np.testing.assert_array_equal(
-        device_exact.solve(s, 4, max_rounds=0), greedy.solve(s, 4, improve_rounds=0)
-    )
+    plain = jax.jit(lambda s: greedy.solve(s, 4, improve_rounds=0))
+    np.testing.assert_array_equal(jitted_solve(4, max_rounds=0)(s), plain(s))
 
 
 def test_compacted_rounds_match_whole_batch_rounds():
     s = residual.finite_scores(jnp.asarray(tiles("normal", 96, 8, 3)))
-    start = greedy.solve(s, 4, improve_rounds=0)
+    start = jax.jit(lambda s: greedy.solve(s, 4, improve_rounds=0))(s)
+    cancel = jax.jit(residual.cancel_cycles, static_argnames=("max_rounds", "min_buffer"))
     for rounds in (1, 3, 50):
-        whole = residual.cancel_cycles(s, start, max_rounds=rounds, min_buffer=96)
-        compact = residual.cancel_cycles(s, start, max_rounds=rounds, min_buffer=2)
+        whole = cancel(s, start, max_rounds=rounds, min_buffer=96)
+        compact = cancel(s, start, max_rounds=rounds, min_buffer=2)
         np.testing.assert_array_equal(whole, compact)
 
 

@@ -14,32 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tile_kinds import KINDS, draw
 
 from jaxnm.masks import SOLVERS, certificate, exact, exhaustive, fixed
 
 NM = [(1, 2), (2, 4), (3, 4), (4, 8), (2, 8), (8, 16), (16, 32)]
 NM_CI = [(2, 4), (4, 8), (8, 16)]  # the default run (CI budget); all of NM with -m slow
-KINDS = ["normal", "cauchy", "log_uniform", "integers", "equal", "one_hot", "bf16"]
-
-
-def draw(kind, b, m, rng):
-    if kind == "normal":
-        s = np.abs(rng.standard_normal((b, m, m)))
-    elif kind == "cauchy":
-        s = np.abs(rng.standard_cauchy((b, m, m)))
-    elif kind == "log_uniform":
-        s = 10.0 ** rng.uniform(-8, 8, (b, m, m))
-    elif kind == "integers":
-        s = rng.integers(0, 4, (b, m, m)).astype(float)
-    elif kind == "equal":
-        s = np.full((b, m, m), 0.5)
-    elif kind == "one_hot":
-        s = np.zeros((b, m * m))
-        s[np.arange(b), rng.integers(0, m * m, b)] = 1.0
-        s = s.reshape(b, m, m)
-    else:
-        s = np.abs(np.asarray(jnp.asarray(rng.standard_normal((b, m, m)), jnp.bfloat16), float))
-    return s.astype(np.float32)
 
 
 def allowed(method, n, m):

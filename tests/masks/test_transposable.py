@@ -114,11 +114,12 @@ def test_jit_vmap_eager_identical_and_deterministic(method, n, m):
 
 @pytest.mark.parametrize("method", [*METHODS, "auto"])
 def test_ties_are_deterministic(method):
+    """Repeated calls agree (jitted; eager = jit: test_solver_contract.py)."""
     n, m = 2, 4
     w = make_weights(np.random.default_rng(1), (2, 8, 8), "integers", jnp.float32)
-    first = jaxnm.transposable_mask(w, n, m, method=method)
-    np.testing.assert_array_equal(jaxnm.transposable_mask(w, n, m, method=method), first)
-    np.testing.assert_array_equal(mask_fn(method, n, m)(w), first)
+    first = mask_fn(method, n, m)(w)
+    np.testing.assert_array_equal(mask_fn(method, n, m)(w + 0), first)
+    np.testing.assert_array_equal(mask_fn(method, n, m)(jnp.array(np.asarray(w))), first)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -133,14 +134,15 @@ def test_inf_pattern_is_kept(method, n, m):
     np.put_along_axis(pattern, cols, True, axis=1)
     pattern = pattern[rng.permutation(m)]
     w = np.where(pattern, -np.inf, rng.standard_normal((m, m)) * 10)
-    mask = jaxnm.transposable_mask(jnp.asarray(w, jnp.float32), n, m, method=method)
+    mask = mask_fn(method, n, m)(jnp.asarray(w, jnp.float32))
     np.testing.assert_array_equal(mask, pattern)
 
 
 @pytest.mark.parametrize("method", [*METHODS, "auto"])
 def test_all_nan_and_all_inf_tiles(method):
-    w = jnp.stack([jnp.full((4, 4), jnp.nan), jnp.full((4, 4), jnp.inf)])
-    assert_valid(jaxnm.transposable_mask(w, 2, 4, method=method), w.shape, 2, 4)
+    # The shape of test_ties_are_deterministic: the same compiled solver.
+    w = jnp.stack([jnp.full((8, 8), jnp.nan), jnp.full((8, 8), jnp.inf)])
+    assert_valid(mask_fn(method, 2, 4)(w), w.shape, 2, 4)
 
 
 @pytest.mark.parametrize("method", METHODS)
