@@ -93,15 +93,20 @@ def test_packed_masks_are_the_packed_layer_masks(m):
     def solver(s, n):
         return s > 0.5
 
-    for plan in ("flat", "grid"):
-        masks = layers.layer_masks(ws, 1, m, solver, plan=plan)
-        packed = jax.jit(
-            lambda ws, plan=plan: layers.layer_masks_packed(ws, 1, m, solver, plan=plan)
-        )(ws)
-        for mask, words in zip(masks, packed, strict=True):
-            expected = pack(mask, m)
-            assert words.shape == expected.shape and words.dtype == expected.dtype
-            np.testing.assert_array_equal(words, expected, err_msg=f"m={m} {plan}")
+    @jax.jit
+    def both(ws):
+        return {
+            plan: (
+                [pack(k, m) for k in layers.layer_masks(ws, 1, m, solver, plan=plan)],
+                layers.layer_masks_packed(ws, 1, m, solver, plan=plan),
+            )
+            for plan in ("flat", "grid")
+        }
+
+    for plan, (expected, packed) in both(ws).items():
+        for want, words in zip(expected, packed, strict=True):
+            assert words.shape == want.shape and words.dtype == want.dtype
+            np.testing.assert_array_equal(words, want, err_msg=f"m={m} {plan}")
 
 
 def test_default_plan_and_compaction():
