@@ -14,7 +14,7 @@ reports the validation loss and bits per byte of
 
 Writes ``convert.json`` to ``--out``. Example::
 
-    python examples/lm_convert.py --run runs/lm_table/dense_seed0 --out runs/lm_convert
+    python examples/lm_convert.py --run runs/lm_table/lm_stdlib_dense_seed0 --out runs/lm_convert
 """
 
 from __future__ import annotations

@@ -39,8 +39,17 @@ CONFIGS = {
 
 # The table's recipe, the same for every row (the mask settings do not affect dense): the
 # digits table's recipe (dense for the first 30% of steps, SR-STE 2e-3, optimal 2:4-T masks,
-# refresh every 40 steps, masks frozen for the last 20%) on LMConfig's model and run size.
-RECIPE = dataclasses.replace(LMConfig(), sparse_start=0.3, srste=2e-3, mask_method="auto")
+# refresh every 40 steps, masks frozen for the last 20%) on LMConfig's model, 1000 steps
+# (50 warm-up), validated every 100.
+RECIPE = dataclasses.replace(
+    LMConfig(),
+    steps=1000,
+    warmup_steps=50,
+    eval_every=100,
+    sparse_start=0.3,
+    srste=2e-3,
+    mask_method="auto",
+)
 _PER_CONFIG = ("--sparsity", "--transposable", "--grad-sparsity", "--seed", "--out", "--resume")
 
 
