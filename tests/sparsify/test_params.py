@@ -5,19 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy_params import params as _params
 
 import jaxnm
 
 N, M = 2, 4
-
-
-def _params(key=0, dtype=jnp.float32):
-    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
-    return {
-        "dense": {"kernel": jax.random.normal(k1, (8, 16), dtype), "bias": jnp.zeros(16, dtype)},
-        "out": {"kernel": jax.random.normal(k2, (16, 4), dtype)},
-        "odd": {"kernel": jax.random.normal(k3, (6, 4), dtype)},  # 6 does not tile by 4
-    }
 
 
 def test_default_include_and_masks():
