@@ -149,6 +149,10 @@ def sparsify(
     if not isinstance(dense_tail, bool):
         raise TypeError(f"`dense_tail` must be a bool, got {dense_tail!r}.")
     use_srste = check_nonnegative_scalar(srste, "srste")
+    tail_dense = end_step is not None and dense_tail
+    # Without a dense phase the all-ones branch of the mask switch is never taken: it is
+    # left out (XLA would compile one fill per kernel for it).
+    has_dense_phase = start_step > 0 or tail_dense
     if include is not None and not callable(include):
         raise TypeError(f"`include` must be a callable (path, leaf) -> bool, got {include!r}.")
     solver = resolve_solver(method)
@@ -216,17 +220,15 @@ def sparsify(
         if end_step is not None:
             sparse &= step < end_step
         dense = step < start_step
-        if end_step is not None and dense_tail:
+        if tail_dense:
             dense |= step >= end_step
         refresh = sparse & ((step - start_step) % refresh_every == 0)
         branches = [
             lambda: state.masks,
             lambda: solve_packed(state.masks, params, state.views, refresh=True),
         ]
-        if start_step > 0 or (end_step is not None and dense_tail):
+        if has_dense_phase:
             branches.append(lambda: dense_masks(state.masks))
-        # With start_step == 0 and no dense tail `dense` is always False: the all-ones
-        # branch is left out (XLA would compile one fill per kernel for it).
         branch = jnp.where(dense, 2, jnp.where(refresh, 1, 0))
         masks = lax.switch(branch, branches)
         return updates, dataclasses.replace(state, count=step, masks=masks)
