@@ -13,7 +13,6 @@ import numpy as np
 from jaxnm._params import Path, format_path, key_path_names
 from jaxnm._state import find_states, is_variable, sparse_leaves, unpack_leaf, variable_value
 from jaxnm.masks.certificate import certify
-from jaxnm.masks.packing import unpack
 from jaxnm.masks.scores import importance
 
 
@@ -152,7 +151,7 @@ def sparsity_summary(opt_state: Any, params: Any = None) -> SparsitySummary:
         mask = np.asarray(unpack_leaf(bits, state, path))
         certified = None
         if weights is not None:
-            certified = _certified(_weight(weights, path, mask.shape), bits, state)
+            certified = _certified(_weight(weights, path, mask.shape), mask, bits, state)
         row = SummaryRow(
             path,
             mask.shape,
@@ -191,17 +190,20 @@ def _weight(weights: dict[Path, Any], path: Path, shape: tuple[int, ...]) -> np.
 _certify = jax.jit(certify, static_argnums=(2, 3))
 
 
-def _certified(w: np.ndarray, bits: Any, state: Any) -> float | None:
-    """Proven lower bound on the fraction of the optimal retained ``|w|`` that the mask
-    stored in ``bits`` keeps, or None for a mask that is not N:M (a dense phase).
+def _certified(w: np.ndarray, mask: np.ndarray, bits: Any, state: Any) -> float | None:
+    """Proven lower bound on the fraction of the optimal retained ``|w|`` that ``mask``
+    (the unpacked ``bits``, in the kernel's shape) keeps, or None for a mask that is not N:M
+    (a dense phase).
 
-    The mask and ``w`` are taken on the stored 2-D view (kernels with a
+    The mask and ``w`` are taken on the stored 2-D view (the shape ``bits`` unpacks to;
+    kernels with a
     :class:`jaxnm.KernelView`). Transposable: ``1 - sum(gap) / sum(value)`` of the tiles'
     certificates (``optimum - retained <= sum(gap)``, ``optimum >= sum(value)``); N:M:
     retained over the top-``n`` of every group. Sums are exact, then rounded outwards
     (``math.fsum``, ``nextafter``), so the result never overstates the truth."""
     n, m = state.n, state.m
-    mask = np.asarray(unpack(np.asarray(variable_value(bits)), m))
+    *lead, rows, cols = np.shape(variable_value(bits))
+    mask = mask.reshape(*lead, rows * m, cols)  # unpack's shape: no second unpack
     w = w.reshape(mask.shape)
     if state.transposable:
         cert = _certify(w, mask, n, m)
