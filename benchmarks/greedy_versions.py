@@ -109,6 +109,8 @@ def main() -> None:
         for k in fns:
             value = np.sum(host * keep[k], axis=(-2, -1))
             line = f"  {k:28s} {med[k]:7.3f} s   retained |w| {value.sum():.9e}"
+            if k != now_k:
+                line += f"   same masks as now: {bool(np.array_equal(keep[k], keep[now_k]))}"
             if a.check:
                 short = (optimum - value) / optimum
                 below = int(np.sum(short > 1e-9))
