@@ -71,6 +71,7 @@ def test_equals_the_optimum(nm, kind, seed):
         assert most_negative_cycle_mean(tile, k) >= -b
 
 
+@pytest.mark.slow  # in CI: test_equals_the_optimum (OR-Tools) and test_solver_contract
 @pytest.mark.parametrize("n,m", [(4, 8), (8, 16)])
 def test_gaussian_tiles_are_optimal(n, m):
     s = tiles("normal", 256, m, n)
@@ -107,7 +108,7 @@ def test_compacted_rounds_match_whole_batch_rounds():
     s = residual.finite_scores(jnp.asarray(tiles("normal", 96, 8, 3)))
     start = jax.jit(lambda s: greedy.solve(s, 4, improve_rounds=0))(s)
     cancel = jax.jit(residual.cancel_cycles, static_argnames=("max_rounds", "min_buffer"))
-    for rounds in (1, 3, 50):
+    for rounds in (3, 50):  # stopped mid-way with tiles at different rounds; run to the end
         whole = cancel(s, start, max_rounds=rounds, min_buffer=96)
         compact = cancel(s, start, max_rounds=rounds, min_buffer=2)
         np.testing.assert_array_equal(whole, compact)

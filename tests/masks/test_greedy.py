@@ -89,7 +89,7 @@ def test_quality_against_the_optimum(n, m):
     s = np.abs(np.random.default_rng(n).standard_normal((256, m, m))).astype(np.float32)
     optimum = retained(s, exact.solve_host(s, n))
     scores = jnp.asarray(s)
-    plain = retained(s, greedy.solve(scores, n, improve_rounds=0))
+    plain = retained(s, jax.jit(lambda s: greedy.solve(s, n, improve_rounds=0))(scores))
     keep = jax.jit(greedy.solve, static_argnums=1)(scores, n)
     value = retained(s, keep)
     assert counts_ok(keep, n)

@@ -60,9 +60,7 @@ def make_weights(rng, shape, kind, dtype):
     return jnp.asarray(w, dtype)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@settings(max_examples=8)
-@given(
+layers = given(
     nm=st.sampled_from(NM),
     lead=st.lists(st.integers(1, 2), max_size=2),
     tiles=st.tuples(st.integers(1, 2), st.integers(1, 3)),
@@ -70,7 +68,9 @@ def make_weights(rng, shape, kind, dtype):
     kind=st.sampled_from(["normal", "integers", "equal", "nonfinite"]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_every_mask_is_valid(method, nm, lead, tiles, dtype, kind, seed):
+
+
+def check_every_mask_is_valid(method, nm, lead, tiles, dtype, kind, seed):
     n, m = nm
     if not allowed(method, n, m):
         return
@@ -79,6 +79,21 @@ def test_every_mask_is_valid(method, nm, lead, tiles, dtype, kind, seed):
     # One jit compilation per example keeps this fast; eager = jit is tested below.
     mask = mask_fn(method, n, m)(w)
     assert_valid(mask, shape, n, m)
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"exact_device"}))
+@settings(max_examples=8)
+@layers
+def test_every_mask_is_valid(method, nm, lead, tiles, dtype, kind, seed):
+    check_every_mask_is_valid(method, nm, lead, tiles, dtype, kind, seed)
+
+
+# Each example compiles exact_device for its layer shape (~5 s): fewer examples in CI (its
+# masks on every kind of tile: test_solver_contract).
+@settings(max_examples=3 if settings.default.max_examples <= 20 else 8)
+@layers
+def test_every_exact_device_mask_is_valid(nm, lead, tiles, dtype, kind, seed):
+    check_every_mask_is_valid("exact_device", nm, lead, tiles, dtype, kind, seed)
 
 
 def _layer_plumbing_cases():

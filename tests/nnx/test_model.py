@@ -235,7 +235,8 @@ def test_tree_mode_eager_and_jitted_updates_agree():
     x, y = _task(MLP)
     runs = {}
     for mode in ("graph", "tree", "eager"):
-        model, optimizer = _setup(MLP, refresh_every=1)
+        # the exhaustive solver: a few ops to dispatch eagerly (greedy's loops: ~30 s, CI budget)
+        model, optimizer = _setup(MLP, refresh_every=1, method="exhaustive")
         if mode == "graph":
             step = _train_step
         elif mode == "tree":
