@@ -54,10 +54,24 @@ def transposable_mask(
     check_floating(w)
     check_tileable(jnp.shape(w), m)
     solver = resolve_solver(method)
+    try:
+        hash(solver)
+    except TypeError:  # a solver object that cannot be a static argument: traced as is
+        return _solve_layer(w, n, m, solver)
+    return _solve_layer_jit(w, n, m, solver)
+
+
+def _solve_layer(w: jax.Array, n: int, m: int, solver: Solver) -> jax.Array:
+    """The mask of a validated ``w`` (see :func:`transposable_mask`)."""
     tiles = to_tiles(importance(w), m)
     lead = tiles.shape[:-2]
     keep = solver(tiles.reshape(-1, m, m), n)
     return from_tiles(keep.reshape(*lead, m, m))
+
+
+# Compiled once per shape, dtype, n:m and solver: an eager call runs as one program instead
+# of dispatching the solver op by op (3-4x faster for greedy); inlined under an outer jit.
+_solve_layer_jit = jax.jit(_solve_layer, static_argnums=(1, 2, 3))
 
 
 def is_transposable_nm(mask: jax.Array, n: int, m: int) -> jax.Array:

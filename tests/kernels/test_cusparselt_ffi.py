@@ -21,7 +21,7 @@ from flax import nnx
 import jaxnm
 import jaxnm.nnx
 from jaxnm.kernels import cusparselt
-from jaxnm.kernels.cusparselt import library
+from jaxnm.kernels.cusparselt import build, library
 from jaxnm.kernels.targets import compile_for_gpu
 
 COMPRESS, MATMUL, SEARCH = library.TARGETS
@@ -35,8 +35,8 @@ def extension(tmp_path_factory):
     out = Path(built) if built else tmp_path_factory.mktemp("cusparselt") / "ext.so"
     if not out.is_file():
         try:
-            cusparselt.build(out)
-        except cusparselt.BuildError as error:
+            build.build(out)
+        except build.BuildError as error:
             pytest.skip(f"cannot build the cuSPARSELt extension here: {error}")
     mp = pytest.MonkeyPatch()
     mp.setenv(library.ENV_VAR, str(out))

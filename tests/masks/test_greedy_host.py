@@ -1,18 +1,45 @@
 """The NumPy twin of the greedy solver (jaxnm.masks.greedy_host) gives the device solver's
 masks bit for bit, and sparsify's init uses it: the same masks, no solver compile."""
 
+import contextlib
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxnm
-from jaxnm import _sparsify
 from jaxnm.masks import SOLVERS, greedy, greedy_host, layers, residual
 from jaxnm.masks.packing import pack, pack_host
 from jaxnm.masks.scores import importance
 
 KINDS = ("normal", "ties", "special", "tiny", "subnormal", "wide", "cauchy")
+
+
+@contextlib.contextmanager
+def compiled_functions():
+    """Names of the functions jax compiles inside the block (``jax.log_compiles``' records),
+    e.g. ``jit(_solve_packed)`` for sparsify's compiled solver."""
+    names = []
+
+    class Record(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Compiling "):
+                names.append(message.removeprefix("Compiling ").split(" with ")[0])
+
+    handler, logger = Record(), logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield names
+    finally:
+        logger.removeHandler(handler)
+
+
+def solver_compiles(names):
+    return [name for name in names if "solve" in name]
 
 
 def raw(kind: str, shape, seed: int) -> np.ndarray:
@@ -133,14 +160,14 @@ def test_sparsify_init_masks_equal_the_compiled_solver(method):
         return jaxnm.KernelView(1) if path[0] == "attn" else default(path, leaf)
 
     tx = jaxnm.sparsify(4, 8, method=method, include=include)
-    cache = _sparsify._solve_packed._cache_size()
-    eager = tx.init(params)
-    traced = jax.jit(tx.init)(params)
-    assert _sparsify._solve_packed._cache_size() == cache
-    solver = jaxnm.masks.resolve_solver(method)
-    compiled = _sparsify._solve_packed_tree(
-        eager.masks, params, 4, 8, True, solver, {p: v for p, v, _ in eager.views}, on_host=False
-    )
+    with compiled_functions() as names:
+        eager = tx.init(params)
+        traced = jax.jit(tx.init)(params)
+    assert not solver_compiles(names), names
+    on_device = jaxnm.sparsify(4, 8, method=method, include=include, solve_on="device")
+    with compiled_functions() as names:  # the control: the compiled solver is seen
+        compiled = on_device.init(params).masks
+    assert solver_compiles(names), names
     leaves = jax.tree.leaves(compiled)
     assert len(leaves) == 5
     for got_eager, got_traced, want in zip(
@@ -157,11 +184,11 @@ def test_solve_on_host_refreshes_in_the_step_without_a_solver_compile():
     params = params_all_kinds()
     grads = jax.tree.map(jnp.ones_like, params)
     tx = jaxnm.sparsify(4, 8, method="greedy", refresh_every=1, solve_on="host")
-    cache = _sparsify._solve_packed._cache_size()
-    state = tx.init(params)
-    moved = jax.tree.map(lambda p, g: (p - 0.5 * g).astype(p.dtype), params, grads)
-    _, new = jax.jit(tx.update)(grads, state, moved)
-    assert _sparsify._solve_packed._cache_size() == cache
+    with compiled_functions() as names:
+        state = tx.init(params)
+        moved = jax.tree.map(lambda p, g: (p - 0.5 * g).astype(p.dtype), params, grads)
+        _, new = jax.jit(tx.update)(grads, state, moved)
+    assert names and not solver_compiles(names), names  # the step compiled, no solver
     expected = tx.init(moved).masks
     changed = False
     for got, want, old in zip(

@@ -227,3 +227,28 @@ def test_methods_are_one_vocabulary_and_solvers_plug_in():
         jaxnm.transposable_mask(w, 2, 4, method=3)
     with pytest.raises(ValueError, match=r"\['auto', 'exact', 'exact_device', 'exhaustive'"):
         jaxnm.transposable_mask(w, 2, 4, method="ilp")
+
+
+def test_eager_calls_compile_once_and_unhashable_solvers_still_work():
+    """An eager call is one compiled program per shape and solver (a second call traces
+    nothing); a solver object that cannot be a static argument is traced as is."""
+    w = jax.random.normal(jax.random.key(4), (8, 16))
+    traced = []
+
+    def counting(scores, n):
+        traced.append(scores.shape)
+        return SOLVERS["exhaustive"](scores, n)
+
+    first = jaxnm.transposable_mask(w, 2, 4, method=counting)
+    np.testing.assert_array_equal(first, jaxnm.transposable_mask(w, 2, 4, method="exhaustive"))
+    second = jaxnm.transposable_mask(-w[::-1], 2, 4, method=counting)
+    np.testing.assert_array_equal(second, first[::-1])
+    assert traced == [(8, 4, 4)]  # the second call reused the compiled program
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, scores, n):
+            return SOLVERS["exhaustive"](scores, n)
+
+    np.testing.assert_array_equal(jaxnm.transposable_mask(w, 2, 4, method=Unhashable()), first)

@@ -2,10 +2,10 @@
 
 Built (``python -m jaxnm.kernels.cusparselt.build``), compiled deviceless for H100/H200 and
 tested on CPU through a pure-JAX emulation of its layout; not yet run or measured on a GPU.
-See ``docs/cusparselt.md``.
+See ``docs/cusparselt.md``. The build itself is :mod:`jaxnm.kernels.cusparselt.build` (its
+``build`` function and command line; not imported here, so that ``python -m`` runs it cleanly).
 """
 
-from jaxnm.kernels.cusparselt.build import BuildError, build
 from jaxnm.kernels.cusparselt.dot_general import cusparselt_dot_general
 from jaxnm.kernels.cusparselt.layout import compressed_nbytes, emulate_matmul
 from jaxnm.kernels.cusparselt.library import (
@@ -34,13 +34,11 @@ from jaxnm.kernels.cusparselt.training import (
 
 __all__ = [
     "AlgIds",
-    "BuildError",
     "CusparseLtMatrix",
     "CusparseLtUnavailableError",
     "CusparseLtWeight",
     "WeightCompression",
     "available",
-    "build",
     "check_compute_capability",
     "compress",
     "compress_weight",

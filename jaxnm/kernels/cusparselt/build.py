@@ -23,10 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jaxnm.kernels.cusparselt.library import DEFAULT_OUTPUT
+
 SOURCE = Path(__file__).parent / "csrc" / "jaxnm_cusparselt.cc"
 SHIM_DIR = Path(__file__).parent / "csrc" / "cusparse_shim"
-LIBRARY_NAME = "_jaxnm_cusparselt.so"
-DEFAULT_OUTPUT = Path(__file__).parent / LIBRARY_NAME
 
 
 class BuildError(RuntimeError):

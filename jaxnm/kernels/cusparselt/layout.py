@@ -34,6 +34,8 @@ pointer 16-byte aligned (XLA's buffers are).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,6 +140,7 @@ def is_2_4(a: jax.Array) -> jax.Array:
     return jnp.all(groups <= 2)
 
 
+@jax.jit
 def emulate_compress(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """What the compress handler produces, emulated: the flat row-major buffer of ``A`` and
     the ``invalid`` flag (``int32``, nonzero when ``A`` is not 2:4 along its columns).
@@ -151,6 +154,7 @@ def emulate_compress(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     return a.reshape(-1), (~is_2_4(a)).astype(jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnames=("rows", "cols", "transpose_b", "out_dtype"))
 def emulate_matmul(
     a_buffer: jax.Array,
     b: jax.Array,

@@ -17,7 +17,9 @@ from pathlib import Path
 import jax
 
 from jaxnm.kernels.cusparselt import layout
-from jaxnm.kernels.cusparselt.build import DEFAULT_OUTPUT
+
+#: Where ``python -m jaxnm.kernels.cusparselt.build`` writes the extension by default.
+DEFAULT_OUTPUT = Path(__file__).parent / "_jaxnm_cusparselt.so"
 
 ENV_VAR = "JAXNM_CUSPARSELT_LIBRARY"
 
