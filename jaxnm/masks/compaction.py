@@ -27,6 +27,7 @@ def compacted_rounds(
     max_rounds: int,
     min_buffer: int = 64,
     active: jax.Array | None = None,
+    whole_batch: bool = True,
 ):
     """Applies ``step`` to the tiles that still need it, at most ``max_rounds`` times each.
 
@@ -35,6 +36,13 @@ def compacted_rounds(
     of ``B // 8`` tiles, then ``B // 64`` and so on down to ``min_buffer``, so the work
     follows the number of active tiles. Each tile's result depends only on that tile, so
     it is the same whatever buffer it lands in.
+
+    With ``whole_batch=False`` even the first rounds gather: each one steps the first
+    ``B // 8`` active tiles (a tile may run its next round before others ran their
+    first), so the work follows the active tiles to within ``B // 8`` from the start, at
+    the price of a gather and a scatter per buffer. That pays when a round costs much
+    more than moving a tile's data (cycle cancelling: ``m**3`` work on ``m**2`` data) and
+    tiles need different numbers of rounds; the program has one loop fewer.
 
     Args:
       step: ``(scores (K, ...), keep (K, ...)) -> (keep, active (K,) bool)``, one round.
@@ -46,6 +54,7 @@ def compacted_rounds(
       min_buffer: smallest compacted batch (static int).
       active: bool ``(B,)``, the tiles to work on (``None``: all). When few are active
         from the start, the rounds begin on compacted buffers.
+      whole_batch: whether the first rounds step the whole batch (see above; static).
 
     Returns:
       ``keep`` after the rounds.
@@ -56,6 +65,8 @@ def compacted_rounds(
     sizes = [b]
     while sizes[-1] // SHRINK >= min_buffer:
         sizes.append(sizes[-1] // SHRINK)
+    if not whole_batch and len(sizes) > 1:
+        sizes = sizes[1:]
 
     def gather(tree, idx):
         return jax.tree.map(lambda x: x[idx], tree)

@@ -107,11 +107,17 @@ def test_max_rounds_zero_is_the_repaired_greedy():
 def test_compacted_rounds_match_whole_batch_rounds():
     s = residual.finite_scores(jnp.asarray(tiles("normal", 96, 8, 3)))
     start = jax.jit(lambda s: greedy.solve(s, 4, improve_rounds=0))(s)
-    cancel = jax.jit(residual.cancel_cycles, static_argnames=("max_rounds", "min_buffer"))
+    cancel = jax.jit(
+        residual.cancel_cycles, static_argnames=("max_rounds", "min_buffer", "whole_batch")
+    )
     for rounds in (3, 50):  # stopped mid-way with tiles at different rounds; run to the end
         whole = cancel(s, start, max_rounds=rounds, min_buffer=96)
+        assert not np.array_equal(whole, start)  # the rounds do change masks
         compact = cancel(s, start, max_rounds=rounds, min_buffer=2)
         np.testing.assert_array_equal(whole, compact)
+        # Buffers of B // 8 from the first round on (tiles at different rounds share one).
+        gathered = cancel(s, start, max_rounds=rounds, min_buffer=2, whole_batch=False)
+        np.testing.assert_array_equal(whole, gathered)
 
 
 def test_transposable_mask_exact_device_under_jit():
