@@ -6,8 +6,8 @@ cancel negative cycles of every tile's residual graph until none is left
 graph has no negative cycle is a maximum-weight b-matching, i.e. an optimal transposable
 tile, so the result is optimal for any ``n:m`` (not only where the patterns can be
 enumerated). Everything is a ``jit``-able array program, vectorized over tiles, with no
-host round trip; the rounds after the first work on compacted batches of the tiles that
-still improve.
+host round trip; the cancelling rounds work on compacted batches of the tiles that still
+improve (buffers of ``B // 8`` tiles from the first round on).
 
 Exactness. Float32 cycle cancelling alone cannot decide optimality: it must ignore gains
 below a rounding tolerance relative to the tile's largest score, which on heavy-tailed
