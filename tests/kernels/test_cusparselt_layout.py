@@ -318,7 +318,8 @@ def test_training_op_errors():
 SHARDING_SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    flags = os.environ.get("XLA_FLAGS", "")  # the test suite's, tests/conftest.py
+    os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     import jaxnm

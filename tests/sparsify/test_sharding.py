@@ -9,7 +9,8 @@ import textwrap
 SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    flags = os.environ.get("XLA_FLAGS", "")  # the test suite's, tests/conftest.py
+    os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import NamedSharding, PartitionSpec as P
     import jaxnm
@@ -77,7 +78,8 @@ SCRIPT = textwrap.dedent(
 EXPLICIT_SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    flags = os.environ.get("XLA_FLAGS", "")  # the test suite's, tests/conftest.py
+    os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     import jaxnm
@@ -205,7 +207,8 @@ REFRESH_CHECK = textwrap.dedent(
 
 
 def _run_on_8_devices(script: str) -> None:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags)
     env.pop("JAX_PLATFORMS", None)
     result = subprocess.run(
         [sys.executable, "-c", REFRESH_CHECK + script],
