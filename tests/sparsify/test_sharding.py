@@ -8,9 +8,6 @@ import textwrap
 
 SCRIPT = textwrap.dedent(
     """
-    import os
-    flags = os.environ.get("XLA_FLAGS", "")  # the test suite's, tests/conftest.py
-    os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import NamedSharding, PartitionSpec as P
     import jaxnm
@@ -77,9 +74,6 @@ SCRIPT = textwrap.dedent(
 # shardings, so every reshape in the mask refresh and packing must state its output sharding.
 EXPLICIT_SCRIPT = textwrap.dedent(
     """
-    import os
-    flags = os.environ.get("XLA_FLAGS", "")  # the test suite's, tests/conftest.py
-    os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     import jaxnm
