@@ -2,10 +2,13 @@
 
 Warm start from the greedy solver (greedy pass + repair, :mod:`jaxnm.masks.greedy`), then
 cancel negative cycles of every tile's residual graph until none is left
-(:mod:`jaxnm.masks.residual`). A mask with exactly ``n`` per row and column whose residual
-graph has no negative cycle is a maximum-weight b-matching, i.e. an optimal transposable
-tile, so the result is optimal for any ``n:m`` (not only where the patterns can be
-enumerated). Everything is a ``jit``-able array program, vectorized over tiles, with no
+(:mod:`jaxnm.masks.residual`); where a tile has few admissible patterns (at most
+:data:`jaxnm.masks.exhaustive.AUTO_MAX_PATTERNS`: 2:4 has 90), stage 1 is instead the float32
+enumeration of :mod:`jaxnm.masks.exhaustive` (one matmul, cheaper than greedy + cancelling),
+and the same proof and exact fallback follow. A mask with exactly ``n`` per row and column
+whose residual graph has no negative cycle is a maximum-weight b-matching, i.e. an optimal
+transposable tile, so the result is optimal for any ``n:m`` (not only where the patterns can
+be enumerated). Everything is a ``jit``-able array program, vectorized over tiles, with no
 host round trip; the cancelling rounds work on compacted batches of the tiles that still
 improve (buffers of ``B // 8`` tiles from the first round on).
 
@@ -15,7 +18,8 @@ tiles (one huge entry) hides real improvements among the others. So the solve ha
 stages:
 
 1. fast float32 cancelling with that tolerance (:func:`~jaxnm.masks.residual.tolerance`),
-   which leaves nearly every tile optimal;
+   or the float32 enumeration of every pattern where there are few, which leaves nearly
+   every tile optimal;
 2. a cheap float32 proof of optimality for nearly every tile
    (:func:`jaxnm.masks.certificate.proven_optimal_float`: potentials whose reduced costs
    are positive by more than their rigorous rounding error bound, so the mask is the unique
@@ -42,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnm.masks import fixed
+from jaxnm.masks import exhaustive, fixed
 from jaxnm.masks.certificate import proven_optimal_float
 from jaxnm.masks.greedy import greedy_keep, repair
 from jaxnm.masks.residual import cancel_cycles, finite_scores
@@ -75,11 +79,16 @@ def solve(scores: jax.Array, n: int, *, max_rounds: int | None = None) -> jax.Ar
     if max_rounds is None:
         max_rounds = default_max_rounds(n, m)
     scores = finite_scores(scores)
-    keep = repair(scores, greedy_keep(scores, n), n)
-    # Tiles need 1 to ~12 rounds: buffers of B // 8 from the first round on, so the work
-    # follows the tiles still cancelling (whole-batch rounds ran ~7.1 tile-rounds per tile
-    # at 8:16 where 5.1 are needed).
-    keep = cancel_cycles(scores, keep, max_rounds=max_rounds, whole_batch=False)
+    if exhaustive.pattern_count_at_most(n, m, exhaustive.AUTO_MAX_PATTERNS):
+        # 2:4 (90 patterns): measured 0.69x the time of greedy + cancelling at 2048², same
+        # masks (the proof below checks the float32 argmax, the fallback fixes near-ties).
+        keep = exhaustive.solve(scores, n)
+    else:
+        keep = repair(scores, greedy_keep(scores, n), n)
+        # Tiles need 1 to ~12 rounds: buffers of B // 8 from the first round on, so the
+        # work follows the tiles still cancelling (whole-batch rounds ran ~7.1 tile-rounds
+        # per tile at 8:16 where 5.1 are needed).
+        keep = cancel_cycles(scores, keep, max_rounds=max_rounds, whole_batch=False)
     unproven = ~proven_optimal_float(scores, keep)
     return _exact_cancelling(scores, keep, unproven, max_rounds)
 
