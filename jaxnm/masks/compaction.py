@@ -28,6 +28,7 @@ def compacted_rounds(
     min_buffer: int = 64,
     active: jax.Array | None = None,
     whole_batch: bool = True,
+    compact: bool = True,
 ):
     """Applies ``step`` to the tiles that still need it, at most ``max_rounds`` times each.
 
@@ -44,6 +45,11 @@ def compacted_rounds(
     more than moving a tile's data (cycle cancelling: ``m**3`` work on ``m**2`` data) and
     tiles need different numbers of rounds; the program has one loop fewer.
 
+    With ``compact=False`` nothing is gathered: every round steps the whole batch until no
+    tile is active (what a ``vmap`` of the rounds over single tiles computes, traced
+    once instead of through ``vmap``'s loop batching). One loop and no gathers: the
+    cheapest program to compile, the slowest to run on large batches.
+
     Args:
       step: ``(scores (K, ...), keep (K, ...)) -> (keep, active (K,) bool)``, one round.
       scores: ``(B, ...)`` or a pytree of such arrays: per-tile data the step reads
@@ -55,6 +61,8 @@ def compacted_rounds(
       active: bool ``(B,)``, the tiles to work on (``None``: all). When few are active
         from the start, the rounds begin on compacted buffers.
       whole_batch: whether the first rounds step the whole batch (see above; static).
+      compact: whether to gather the active tiles into smaller buffers (static; False
+        ignores ``min_buffer`` and ``whole_batch``).
 
     Returns:
       ``keep`` after the rounds.
@@ -63,15 +71,18 @@ def compacted_rounds(
     if max_rounds <= 0 or b == 0:
         return keep
     sizes = [b]
-    while sizes[-1] // SHRINK >= min_buffer:
+    while compact and sizes[-1] // SHRINK >= min_buffer:
         sizes.append(sizes[-1] // SHRINK)
     if not whole_batch and len(sizes) > 1:
         sizes = sizes[1:]
 
+    active = jnp.ones((b,), bool) if active is None else active
+    if sizes == [b]:
+        return _whole_batch_rounds(step, scores, keep, active, max_rounds)
+
     def gather(tree, idx):
         return jax.tree.map(lambda x: x[idx], tree)
 
-    active = jnp.ones((b,), bool) if active is None else active
     state = (keep, active, jnp.zeros((b,), jnp.int32))
     for level, size in enumerate(sizes):
         stop = sizes[level + 1] if level + 1 < len(sizes) else 0
@@ -83,11 +94,7 @@ def compacted_rounds(
             keep, active, rounds = st
             if size == b:  # whole batch: no gather
                 new, still = step(scores, keep)
-                keep = jax.tree.map(
-                    lambda n, k: jnp.where(active.reshape((-1,) + (1,) * (k.ndim - 1)), n, k),
-                    new,
-                    keep,
-                )
+                keep = _where_active(active, new, keep)
                 rounds = rounds + active
                 return keep, active & still & (rounds < max_rounds), rounds
             idx = jnp.nonzero(active, size=size, fill_value=b)[0].astype(jnp.int32)
@@ -101,3 +108,31 @@ def compacted_rounds(
 
         state = lax.while_loop(cond, body, state)
     return state[0]
+
+
+def _where_active(active: jax.Array, new, keep):
+    """``new`` where ``active`` (bool ``(B,)``), else ``keep`` (pytrees of ``(B, ...)``)."""
+    return jax.tree.map(
+        lambda n, k: jnp.where(active.reshape((-1,) + (1,) * (k.ndim - 1)), n, k), new, keep
+    )
+
+
+def _whole_batch_rounds(step, scores, keep, active: jax.Array, max_rounds: int):
+    """:func:`compacted_rounds` with one buffer, the whole batch.
+
+    Tiles only ever leave the active set, so every active tile has run as many rounds as
+    the loop: one scalar counter replaces the per-tile counts, and the loop stops when no
+    tile is active (``any``: XLA:CPU splits a large sum into a tree of reduce-windows).
+    Each kernel XLA:CPU compiles costs ~20 ms, so the fewer the better here.
+    """
+
+    def cond(state):
+        return jnp.any(state[1])
+
+    def body(state):
+        keep, active, rounds = state
+        new, still = step(scores, keep)
+        rounds = rounds + 1
+        return _where_active(active, new, keep), active & still & (rounds < max_rounds), rounds
+
+    return lax.while_loop(cond, body, (keep, active, jnp.zeros((), jnp.int32)))[0]

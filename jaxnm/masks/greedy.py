@@ -103,9 +103,21 @@ class _Bits:
         """Number of set bits, in ``dtype`` (``m`` fits in it)."""
         return sum(lax.population_count(w) for w in words)
 
-    def better(self, key: jax.Array, axis: int) -> list[jax.Array]:
+    def better(self, key: jax.Array, axis: int, *, unrolled: bool) -> list[jax.Array]:
         """For every entry of ``key`` ``(B, m, m)``: the set of entries of its row
-        (``axis=2``) or column (``axis=1``) with a larger key, ``(B, m, m)`` per word."""
+        (``axis=2``) or column (``axis=1``) with a larger key, ``(B, m, m)`` per word.
+
+        ``unrolled``: one elementwise step per entry of the line (fast to run), or one
+        compare of every entry with its line, ``(B, m, m, m)``, reduced to words (smaller
+        kernels, faster to compile; slower to run on large batches). The same sets.
+        """
+        if not unrolled:
+            line = key if axis == 2 else jnp.swapaxes(key, 1, 2)  # [b, r, k] / [b, c, k]
+            if axis == 2:  # [b, r, c, k]: key[r, k] > key[r, c]
+                larger = line[:, :, None, :] > key[..., None]
+            else:  # [b, r, c, k]: key[k, c] > key[r, c]
+                larger = line[:, None, :, :] > key[..., None]
+            return self.pack(larger, 3)
         out = []
         for w in range(self.words):
             acc = jnp.zeros(key.shape, self.dtype)
@@ -116,7 +128,7 @@ class _Bits:
         return out
 
 
-def greedy_keep(scores: jax.Array, n: int) -> jax.Array:
+def greedy_keep(scores: jax.Array, n: int, *, compact: bool = True) -> jax.Array:
     """The paper's greedy pass alone (may leave rows/columns short of ``n``).
 
     The result is exactly that of visiting every tile's entries in descending score (ties:
@@ -137,6 +149,8 @@ def greedy_keep(scores: jax.Array, n: int) -> jax.Array:
     Args:
       scores: float32 ``(B, m, m)`` tile scores.
       n: target count per row and column.
+      compact: run the rounds on compacted batches (static; False: whole-batch rounds,
+        see :func:`~jaxnm.masks.compaction.compacted_rounds`). Same result either way.
 
     Returns:
       bool ``(B, m, m)`` with at most ``n`` kept per row and per column, maximal (no unkept
@@ -146,20 +160,33 @@ def greedy_keep(scores: jax.Array, n: int) -> jax.Array:
     bits = _Bits(m)
     key = _position_keys(scores)  # the visiting order
     # (B, 2 * words, m, m): better entries of the row, then of the column, per word.
-    better = jnp.stack(bits.better(key, 2) + bits.better(key, 1), axis=1)
+    unrolled = compact  # the uncompacted solve is the one kept cheap to compile
+    better = jnp.stack(
+        bits.better(key, 2, unrolled=unrolled) + bits.better(key, 1, unrolled=unrolled), axis=1
+    )
     # State (B, 2 * words, m): each row's kept columns, then each column's kept rows.
     empty = jnp.zeros((scores.shape[0], 2 * bits.words, m), bits.dtype)
     kept = compacted_rounds(
-        lambda b, k: _greedy_round(b, k, n, bits), better, empty, max_rounds=m * m
+        lambda b, k: _greedy_round(b, k, n, bits, idle_round=not compact),
+        better,
+        empty,
+        max_rounds=m * m,
+        compact=compact,
     )
     return bits.unpack([kept[:, w] for w in range(bits.words)])
 
 
 def _greedy_round(
-    better: jax.Array, kept: jax.Array, n: int, bits: _Bits
+    better: jax.Array, kept: jax.Array, n: int, bits: _Bits, *, idle_round: bool
 ) -> tuple[jax.Array, jax.Array]:
     """One round of :func:`greedy_keep` on ``(K, 2 * words, m)`` kept bits: returns the
-    new bits and whether each tile still has available entries, bool ``(K,)``."""
+    new bits and whether each tile goes on, bool ``(K,)``.
+
+    A round keeps an entry whenever one is available (the best available one of the tile
+    is always chosen). So a tile can stop when nothing is left available, found by
+    counting again (``idle_round=False``), or after its first round that keeps nothing
+    (``idle_round=True``: one idle round per tile, but fewer kernels for XLA to compile,
+    which is what the uncompacted solve is for). The result is the same."""
     w = bits.words
     row_kept = [kept[:, i] for i in range(w)]  # words (K, m) over columns
     col_kept = [kept[:, w + i] for i in range(w)]  # words (K, m) over rows
@@ -176,9 +203,11 @@ def _greedy_round(
     chosen = bits.unpack(row_avail) & (in_row < n) & (in_col < n)  # (K, m, m)
     row_kept = [k | c for k, c in zip(row_kept, bits.pack(chosen, 2), strict=True)]
     col_kept = [k | c for k, c in zip(col_kept, bits.pack(chosen, 1), strict=True)]
-    # Still available: an unkept entry in an open row and an open column.
-    left = _available(bits, row_kept, _counts(bits, row_kept) < n, _counts(bits, col_kept) < n)
-    still = jnp.any(jnp.stack(left) != 0, axis=(0, 2))
+    if idle_round:
+        still = jnp.any(chosen, axis=(1, 2))
+    else:  # still available: an unkept entry in an open row and an open column
+        left = _available(bits, row_kept, _counts(bits, row_kept) < n, _counts(bits, col_kept) < n)
+        still = jnp.any(jnp.stack(left) != 0, axis=(0, 2))
     return jnp.stack(row_kept + col_kept, axis=1), still
 
 
@@ -211,13 +240,17 @@ def _available(
     ]
 
 
-def _augment(scores: jax.Array, keep: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+def _augment(
+    scores: jax.Array, keep: jax.Array, n: int, *, one_hot: bool
+) -> tuple[jax.Array, jax.Array]:
     """One best length-3 augmenting path per tile with a short row (see the module doc).
 
     The path starts at the first short row ``r`` and ends at the first short column ``c``;
     among its middle steps ``(r', c')`` the best gain wins, compared on int32 keys whose
     lowest ``log2(m*m)`` bits hold the position (gains within a relative ``m*m * 2**-23``
-    count as equal; any valid path keeps the counts right).
+    count as equal; any valid path keeps the counts right). ``one_hot``: row ``r`` and
+    column ``c`` are read by one-hot selects (fewer kernels for XLA to compile) rather
+    than gathers (faster to run on large batches); the same result.
     """
     m = scores.shape[-1]
     ar = jnp.arange(m, dtype=jnp.int32)
@@ -228,23 +261,30 @@ def _augment(scores: jax.Array, keep: jax.Array, n: int) -> tuple[jax.Array, jax
     active = r < m
     r_idx = jnp.minimum(r, m - 1)[:, None, None]
     c_idx = jnp.minimum(c, m - 1)[:, None, None]
-    row_r = jnp.take_along_axis(keep, r_idx, axis=1)  # (B, 1, m) over c'
-    s_row_r = jnp.take_along_axis(scores, r_idx, axis=1)
-    col_c = jnp.take_along_axis(keep, c_idx, axis=2)  # (B, m, 1) over r'
-    s_col_c = jnp.take_along_axis(scores, c_idx, axis=2)
+    rows, cols = ar[:, None], ar[None, :]
+    at_r, at_c = rows == r_idx, cols == c_idx  # (B, m, 1), (B, 1, m)
+    if one_hot:  # one entry of each sum is selected, the others are 0: exact
+        row_r = jnp.any(keep & at_r, axis=1, keepdims=True)  # (B, 1, m) over c'
+        s_row_r = jnp.sum(jnp.where(at_r, scores, 0.0), axis=1, keepdims=True)
+        col_c = jnp.any(keep & at_c, axis=2, keepdims=True)  # (B, m, 1) over r'
+        s_col_c = jnp.sum(jnp.where(at_c, scores, 0.0), axis=2, keepdims=True)
+    else:
+        row_r = jnp.take_along_axis(keep, r_idx, axis=1)
+        s_row_r = jnp.take_along_axis(scores, r_idx, axis=1)
+        col_c = jnp.take_along_axis(keep, c_idx, axis=2)
+        s_col_c = jnp.take_along_axis(scores, c_idx, axis=2)
     valid = ~row_r & keep & ~col_c  # [b, r', c']: keep (r, c'), drop (r', c'), keep (r', c)
     gain = s_row_r - scores + s_col_c
     key = jnp.where(valid, _position_keys(gain), jnp.iinfo(jnp.int32).min)
     best = _key_position(jnp.max(key.reshape(-1, m * m), axis=-1), m)
     rp, cp = (best // m)[:, None, None], (best % m)[:, None, None]
-    rows, cols = ar[:, None], ar[None, :]
-    add = ((rows == r_idx) & (cols == cp)) | ((rows == rp) & (cols == c_idx))
+    add = (at_r & (cols == cp)) | ((rows == rp) & at_c)
     drop = (rows == rp) & (cols == cp)
     new = jnp.where(active[:, None, None], (keep | add) & ~drop, keep)
     return new, jnp.any(jnp.sum(new, axis=-1, dtype=jnp.int32) < n, axis=-1)
 
 
-def repair(scores: jax.Array, keep: jax.Array, n: int) -> jax.Array:
+def repair(scores: jax.Array, keep: jax.Array, n: int, *, compact: bool = True) -> jax.Array:
     """Fills every row and column of every tile to exactly ``n`` by augmenting paths.
 
     Args:
@@ -252,13 +292,20 @@ def repair(scores: jax.Array, keep: jax.Array, n: int) -> jax.Array:
       keep: bool ``(B, m, m)`` from :func:`greedy_keep` (at most ``n`` per row/column,
         and no unkept entry whose row and column are both short).
       n: target count.
+      compact: as in :func:`greedy_keep`.
 
     Returns:
       bool ``(B, m, m)`` with exactly ``n`` per row and column.
     """
     m = scores.shape[-1]
     # Each augmentation removes one unit of deficit; a tile lacks at most n * m entries.
-    return compacted_rounds(lambda s, k: _augment(s, k, n), scores, keep, max_rounds=n * m)
+    return compacted_rounds(
+        lambda s, k: _augment(s, k, n, one_hot=not compact),
+        scores,
+        keep,
+        max_rounds=n * m,
+        compact=compact,
+    )
 
 
 def default_improve_rounds(m: int) -> int:
@@ -275,7 +322,9 @@ def default_search_depth(m: int) -> int:
     return min(m, max(4, m // 2))
 
 
-def solve(scores: jax.Array, n: int, *, improve_rounds: int | None = None) -> jax.Array:
+def solve(
+    scores: jax.Array, n: int, *, improve_rounds: int | None = None, compact: bool = True
+) -> jax.Array:
     """Greedy + repair + a few rounds of cycle cancelling: the ``"greedy"`` method.
 
     Args:
@@ -285,6 +334,9 @@ def solve(scores: jax.Array, n: int, *, improve_rounds: int | None = None) -> ja
         ``None``: :func:`default_improve_rounds`: 2 for 2:4 and 4:8, 4 for 8:16;
         ``0``: greedy + repair only). Each round searches cycles with
         :func:`default_search_depth` Bellman–Ford rounds.
+      compact: run every stage's rounds on compacted batches of the tiles still working
+        (static; False: whole-batch rounds, the cheapest program to compile; see
+        :func:`~jaxnm.masks.compaction.compacted_rounds`). The same masks either way.
 
     Returns:
       bool ``(B, m, m)`` with exactly ``n`` per row and column.
@@ -293,5 +345,11 @@ def solve(scores: jax.Array, n: int, *, improve_rounds: int | None = None) -> ja
     if improve_rounds is None:
         improve_rounds = default_improve_rounds(m)
     scores = finite_scores(scores)
-    keep = repair(scores, greedy_keep(scores, n), n)
-    return cancel_cycles(scores, keep, max_rounds=improve_rounds, bf_rounds=default_search_depth(m))
+    keep = repair(scores, greedy_keep(scores, n, compact=compact), n, compact=compact)
+    return cancel_cycles(
+        scores,
+        keep,
+        max_rounds=improve_rounds,
+        bf_rounds=default_search_depth(m),
+        compact=compact,
+    )

@@ -9,8 +9,10 @@ same masks:
   solved by one solver call; one compiled solver serves a whole model, whatever its
   kernel shapes. With ``compact=True`` the batch goes to the solver as it is, so the
   greedy and ``exact_device`` solvers shrink it to the tiles still working (compaction);
-  with ``compact=False`` the solver is ``vmap``-ed over single tiles (no compaction:
-  every tile runs as long as the slowest, but XLA compiles a fraction of the code).
+  with ``compact=False`` there is no compaction (every tile runs as long as the slowest,
+  but XLA compiles a fraction of the code): the solver gets the batch with
+  ``compact=False`` if it takes that keyword (:func:`jaxnm.masks.solvers.takes_compact`),
+  else it is ``vmap``-ed over single tiles.
 * ``"grid"``: every weight keeps its tile grid ``(..., R // m, C // m)`` as ``vmap``-ed
   axes (no compaction). A sharded weight keeps its sharding: no tile leaves its device,
   while merging a sharded grid into one batch axis would make XLA gather the weight.
@@ -78,30 +80,42 @@ def default_compact(tiles: int) -> bool:
     return tiles >= COMPACT_MIN_TILES
 
 
-def solve_tiles(tiles: jax.Array, n: int, solve: Solver, *, compact: bool) -> jax.Array:
+def solve_tiles(
+    tiles: jax.Array, n: int, solve: Solver, *, compact: bool, keep_axes: bool = False
+) -> jax.Array:
     """Solves a batch of tile scores with any number of batch axes.
 
     Args:
       tiles: float32 ``(..., m, m)`` tile scores (``-1`` marks NaN).
       n: kept per row and column of every tile (static int).
       solve: a solver ``solve(scores (B, m, m), n) -> bool (B, m, m)``.
-      compact: pass all tiles to ``solve`` as one batch (True; the solver may compact
-        it) or ``vmap`` ``solve`` over every batch axis, one tile per call (False; keeps
-        the batch axes, and so their sharding).
+      compact: pass all tiles to ``solve`` as one batch that the solver may compact
+        (True), or solve without compaction (False): one batch with ``compact=False``
+        where ``solve`` takes that keyword, else ``solve`` ``vmap``-ed over single tiles.
+      keep_axes: keep the batch axes (``vmap`` over each of them, one tile per call, so
+        their sharding is kept; ``compact`` is then ignored) instead of merging them into
+        one batch (static).
 
     Returns:
-      bool ``(..., m, m)``, each tile's mask.
+      bool ``(..., m, m)``, each tile's mask: the same whatever ``compact`` and
+      ``keep_axes``.
     """
     *lead, m, _ = tiles.shape
-    if compact:
-        return solve(tiles.reshape(-1, m, m), n).reshape(tiles.shape)
+    options = {"compact": False} if solvers.takes_compact(solve) else {}
+    if not keep_axes:
+        flat = tiles.reshape(-1, m, m)
+        if compact:
+            return solve(flat, n).reshape(tiles.shape)
+        if options:
+            return solve(flat, n, **options).reshape(tiles.shape)
+        tiles = flat
 
-    def one(tile: jax.Array) -> jax.Array:
-        return solve(tile[None], n)[0]
+    def one(tile: jax.Array) -> jax.Array:  # a single tile has nothing to compact
+        return solve(tile[None], n, **options)[0]
 
-    for _ in lead:
+    for _ in tiles.shape[:-2]:
         one = jax.vmap(one)
-    return one(tiles)
+    return one(tiles).reshape(*lead, m, m)
 
 
 def layer_masks(
@@ -190,7 +204,10 @@ def _layer_masks(
     finish = (lambda mask: pack(mask, m)) if packed else (lambda mask: mask)
     tiles = [to_tiles(importance(w), m) for w in ws]  # (..., R // m, C // m, m, m)
     if plan == "grid":
-        return [finish(from_tiles(solve_tiles(t, n, solve, compact=False))) for t in tiles]
+        return [
+            finish(from_tiles(solve_tiles(t, n, solve, compact=False, keep_axes=True)))
+            for t in tiles
+        ]
     counts = [math.prod(t.shape[:-2]) for t in tiles]
     total = sum(counts)
     if total == 0:

@@ -288,6 +288,7 @@ def cancel_cycles(
     min_buffer: int = 64,
     active: jax.Array | None = None,
     whole_batch: bool = True,
+    compact: bool = True,
 ) -> jax.Array:
     """Cancels negative cycles, at most ``max_rounds`` rounds per tile.
 
@@ -305,6 +306,8 @@ def cancel_cycles(
         (``m``) guarantees optimality at convergence.
       min_buffer: smallest compacted batch (static int).
       active: bool ``(B,)``: only these tiles are worked on (``None``: all).
+      whole_batch, compact: how the rounds are scheduled (static; see
+        :func:`~jaxnm.masks.compaction.compacted_rounds`); the same result either way.
 
     Returns:
       bool ``(B, m, m)`` with the same row and column counts as ``keep`` and a retained
@@ -325,4 +328,5 @@ def cancel_cycles(
         min_buffer=min_buffer,
         active=active,
         whole_batch=whole_batch,
+        compact=compact,
     )

@@ -7,10 +7,19 @@ takes a ``method`` (:func:`jaxnm.transposable_mask`, :func:`jaxnm.sparsify`,
 :mod:`jaxnm.convert`), it takes a :data:`MaskMethod` name of :data:`SOLVERS` or such a
 callable, the extension point for a solver of one's own. The default everywhere is
 ``"auto"``.
+
+Each tile's mask depends on that tile only, so a batch can be solved whole or tile by
+tile with the same masks. A solver that works in rounds on the tiles still active (greedy)
+may take a keyword ``compact: bool``: ``True`` (their default) shrinks the
+batch to the active tiles as rounds go, ``False`` runs every round on the whole batch,
+the cheapest program to compile. :func:`jaxnm.masks.layers.solve_tiles` passes
+``compact=False`` to a solver that takes it (:func:`takes_compact`) instead of ``vmap``-ing
+it over single tiles, which computes the same but costs far more to trace.
 """
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -27,14 +36,15 @@ MaskMethod = Literal["auto", "greedy", "exact", "exact_device", "exhaustive"]
 """The names of the built-in solvers, the keys of :data:`SOLVERS`."""
 
 
-def auto(scores: jax.Array, n: int) -> jax.Array:
+def auto(scores: jax.Array, n: int, *, compact: bool = True) -> jax.Array:
     """The ``"auto"`` method: ``"exhaustive"`` (optimal) where the tile patterns are few
     (at most :data:`jaxnm.masks.exhaustive.AUTO_MAX_PATTERNS`, e.g. 1:2, 2:4, 1:4, 3:4),
-    ``"greedy"`` otherwise. Same contract as every solver."""
+    ``"greedy"`` otherwise. Same contract as every solver; ``compact`` goes to greedy
+    (the enumeration has no rounds to compact)."""
     m = scores.shape[-1]
     if exhaustive.pattern_count_at_most(n, m, exhaustive.AUTO_MAX_PATTERNS):
         return exhaustive.solve(scores, n)
-    return greedy.solve(scores, n)
+    return greedy.solve(scores, n, compact=compact)
 
 
 SOLVERS: Mapping[str, Solver] = types.MappingProxyType(
@@ -80,4 +90,17 @@ def resolve_solver(method: MaskMethod | Solver) -> Solver:
     raise TypeError(
         f"`method` must be a name in {sorted(SOLVERS)} or a solver callable "
         f"solve(scores, n), got {method!r}."
+    )
+
+
+def takes_compact(solve: Solver) -> bool:
+    """Whether ``solve`` accepts the keyword ``compact`` (see the module docstring)."""
+    try:
+        parameters = inspect.signature(solve).parameters
+    except (TypeError, ValueError):  # no signature (e.g. some builtins)
+        return False
+    compact = parameters.get("compact")
+    return compact is not None and compact.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
     )

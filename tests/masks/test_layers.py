@@ -54,8 +54,22 @@ def check_same_masks(n, m, method, plans, big=False):
             assert bool(is_transposable_nm(a, n, m))
 
 
-def test_greedy_4_8_compacted_matches_tilewise():
-    check_same_masks(4, 8, "greedy", [("flat", True)], big=True)
+def test_greedy_4_8_compacted_and_whole_batch_match_tilewise():
+    # ("flat", False): greedy takes `compact`, so it gets the whole batch, uncompacted.
+    check_same_masks(4, 8, "greedy", [("flat", True), ("flat", False)], big=True)
+
+
+def test_solvers_that_take_compact():
+    from jaxnm.masks import device_exact, exhaustive, greedy, solvers
+
+    assert solvers.takes_compact(greedy.solve)
+    assert solvers.takes_compact(solvers.auto)
+    assert solvers.takes_compact(functools.partial(greedy.solve, improve_rounds=1))
+    # No `compact` keyword: solve_tiles vmaps these over single tiles.
+    assert not solvers.takes_compact(exhaustive.solve)
+    assert not solvers.takes_compact(device_exact.solve)
+    assert not solvers.takes_compact(lambda scores, n: scores > 0)
+    assert not solvers.takes_compact(lambda scores, n, **options: scores > 0)
 
 
 def test_exhaustive_2_4_every_plan_matches_tilewise():
