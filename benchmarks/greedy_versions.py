@@ -28,7 +28,7 @@ from jaxnm.masks import device_exact, exact, greedy
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Modules of ``jaxnm.masks`` the device solvers are built from, dependencies first.
-MODULES = ("fixed", "compaction", "residual", "certificate", "greedy", "device_exact")
+MODULES = ("fixed", "compaction", "residual", "certificate", "greedy", "exhaustive", "device_exact")
 
 
 def load_at(commit: str, module: str = "greedy") -> types.ModuleType:

@@ -112,6 +112,12 @@ def _start(keep: jax.Array) -> Potentials:
     return Potentials(fixed.zeros((b, m)), fixed.zeros((b, m)))
 
 
+#: :func:`_float_potentials` relaxes by reductions over the last axis for
+#: ``_REDUCE_FROM <= m < _UNROLL_FROM``, unrolled otherwise (CPU, same potentials: 0.81x the
+#: time at m = 8; 1.26x slower at m = 4 and 1.37x at m = 16).
+_REDUCE_FROM, _UNROLL_FROM = 8, 16
+
+
 def _float_potentials(scores: jax.Array, keep: jax.Array, margin: float) -> Potentials:
     """float32 Bellman–Ford on the bipartite residual graph with every step made dearer
     by ``margin`` times its scale: relaxing an edge of cost ``c`` from a node at distance
@@ -124,8 +130,19 @@ def _float_potentials(scores: jax.Array, keep: jax.Array, margin: float) -> Pote
     unkept = jnp.where(keep, jnp.inf, -scores - margin * mag)  # row r -> col c: keep (r, c)
     kept = jnp.where(keep, scores - margin * mag, jnp.inf)  # col c -> row r: drop (r, c)
 
+    reduce = _REDUCE_FROM <= m < _UNROLL_FROM
+    if reduce:
+        unkept = unkept.transpose(0, 2, 1)  # [b, c, r]
+
     def step(data, pot):
         unkept, kept = data
+        if reduce:  # reductions over the last axis
+            d = pot.rows[:, None, :]
+            cols = jnp.minimum(pot.cols, jnp.min(d + margin * d + unkept, axis=-1))
+            d = cols[:, None, :]
+            rows = jnp.minimum(pot.rows, jnp.min(d + margin * d + kept, axis=-1))
+            changed = jnp.any(cols < pot.cols, axis=-1) | jnp.any(rows < pot.rows, axis=-1)
+            return Potentials(rows, cols), changed
         # Unrolled over the m rows / columns: (B, m) slices fuse into one loop, measured
         # 5x faster on CPU than a reduction over a short middle axis.
         cols = pot.cols
