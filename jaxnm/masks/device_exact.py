@@ -68,8 +68,9 @@ def solve(scores: jax.Array, n: int, *, max_rounds: int | None = None) -> jax.Ar
       scores: float32 ``(B, m, m)`` tile scores (``>= 0``, ``+inf``, or ``-1`` for NaN).
       n: kept entries per row and column (static int).
       max_rounds: cap on cancelling rounds per tile, for each of the float and the exact
-        stage (static int; ``None``: :func:`default_max_rounds`). A tile that reaches it
-        keeps its best mask so far, still valid (never seen below the default cap).
+        stage (static int; ``None``: :func:`default_max_rounds`; where the patterns are
+        enumerated, only the exact stage cancels). A tile that reaches it keeps its best
+        mask so far, still valid (never seen below the default cap).
 
     Returns:
       bool ``(B, m, m)`` with exactly ``n`` per row and column and a maximal retained
