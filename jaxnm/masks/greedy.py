@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnm.masks.compaction import compacted_rounds
@@ -54,8 +55,10 @@ def _position_keys(values: jax.Array) -> jax.Array:
     """
     m = values.shape[-1]
     low = (1 << (m * m - 1).bit_length()) - 1
-    pos = jnp.arange(m * m, dtype=jnp.int32).reshape(m, m)
-    return (_ordered_int(values) & ~low) | (low - pos)
+    # (Constants from NumPy: XLA:CPU compiles an iota-built constant into a kernel of its
+    # own, ~20 ms each.)
+    low_minus_pos = (low - np.arange(m * m, dtype=np.int32)).reshape(m, m)
+    return (_ordered_int(values) & ~low) | low_minus_pos
 
 
 def _key_position(key: jax.Array, m: int) -> jax.Array:
@@ -73,8 +76,11 @@ class _Bits:
         self.dtype = jnp.dtype(dtype)
         self.width = 8 * self.dtype.itemsize
 
-    def _bit(self, positions: jax.Array) -> jax.Array:
-        return jnp.ones((), self.dtype) << (positions % self.width).astype(self.dtype)
+    def _bit(self, positions: np.ndarray | int) -> np.ndarray:
+        """The bit of each static position in its word (a NumPy constant)."""
+        return np.left_shift(self.dtype.type(1), np.asarray(positions) % self.width).astype(
+            self.dtype
+        )
 
     def pack(self, flags: jax.Array, axis: int) -> list[jax.Array]:
         """bool ``flags`` with ``m`` entries along ``axis`` -> one word array per word."""
@@ -86,14 +92,14 @@ class _Bits:
             part = lax.slice_in_dim(flags, lo, hi, axis=axis)
             # Summed in uint32, then narrowed: a uint8/uint16 sum of this reduction made
             # XLA:CPU emit ~4x the code (90 kB of LLVM IR a fusion), compiled in every step.
-            bit = (jnp.uint32(1) << jnp.arange(hi - lo, dtype=jnp.uint32)).reshape(shape)
+            bit = (np.uint32(1) << np.arange(hi - lo, dtype=np.uint32)).reshape(shape)
             word = jnp.sum(jnp.where(part, bit, jnp.uint32(0)), axis=axis, dtype=jnp.uint32)
             out.append(word.astype(self.dtype))
         return out
 
     def unpack(self, words: list[jax.Array]) -> jax.Array:
         """Word arrays ``(...,)`` -> bool ``(..., m)``."""
-        pos = jnp.arange(self.m)
+        pos = np.arange(self.m)
         word = words[0][..., None]
         for w in range(1, self.words):
             word = jnp.where(pos // self.width == w, words[w][..., None], word)
@@ -103,29 +109,29 @@ class _Bits:
         """Number of set bits, in ``dtype`` (``m`` fits in it)."""
         return sum(lax.population_count(w) for w in words)
 
-    def better(self, key: jax.Array, axis: int, *, unrolled: bool) -> list[jax.Array]:
-        """For every entry of ``key`` ``(B, m, m)``: the set of entries of its row
-        (``axis=2``) or column (``axis=1``) with a larger key, ``(B, m, m)`` per word.
+    def better(self, key: jax.Array, *, unrolled: bool) -> jax.Array:
+        """For every entry of ``key`` ``(B, m, m)``: the sets of entries of its row and of
+        its column with a larger key, as words ``(B, 2 * words, m, m)`` (the row's words,
+        then the column's).
 
         ``unrolled``: one elementwise step per entry of the line (fast to run), or one
-        compare of every entry with its line, ``(B, m, m, m)``, reduced to words (smaller
-        kernels, faster to compile; slower to run on large batches). The same sets.
+        compare of every entry with its row and its column, ``(B, 2, m, m, m)``, reduced to
+        words (fewer, smaller kernels, faster to compile; slower to run on large batches).
+        The same sets.
         """
         if not unrolled:
-            line = key if axis == 2 else jnp.swapaxes(key, 1, 2)  # [b, r, k] / [b, c, k]
-            if axis == 2:  # [b, r, c, k]: key[r, k] > key[r, c]
-                larger = line[:, :, None, :] > key[..., None]
-            else:  # [b, r, c, k]: key[k, c] > key[r, c]
-                larger = line[:, None, :, :] > key[..., None]
-            return self.pack(larger, 3)
+            rows = key[:, :, None, :] > key[..., None]  # [b, r, c, k]: key[r, k] > key[r, c]
+            cols = jnp.swapaxes(key, 1, 2)[:, None, :, :] > key[..., None]  # key[k, c] > ...
+            return jnp.stack(self.pack(rows, 3) + self.pack(cols, 3), axis=1)
         out = []
-        for w in range(self.words):
-            acc = jnp.zeros(key.shape, self.dtype)
-            for k in range(w * self.width, min(self.m, (w + 1) * self.width)):
-                other = lax.slice_in_dim(key, k, k + 1, axis=axis)
-                acc = acc | jnp.where(other > key, self._bit(jnp.asarray(k)), 0)
-            out.append(acc)
-        return out
+        for axis in (2, 1):
+            for w in range(self.words):
+                acc = jnp.zeros(key.shape, self.dtype)
+                for k in range(w * self.width, min(self.m, (w + 1) * self.width)):
+                    other = lax.slice_in_dim(key, k, k + 1, axis=axis)
+                    acc = acc | jnp.where(other > key, self._bit(k), 0)
+                out.append(acc)
+        return jnp.stack(out, axis=1)
 
 
 def greedy_keep(scores: jax.Array, n: int, *, compact: bool = True) -> jax.Array:
@@ -159,11 +165,9 @@ def greedy_keep(scores: jax.Array, n: int, *, compact: bool = True) -> jax.Array
     m = scores.shape[-1]
     bits = _Bits(m)
     key = _position_keys(scores)  # the visiting order
-    # (B, 2 * words, m, m): better entries of the row, then of the column, per word.
-    unrolled = compact  # the uncompacted solve is the one kept cheap to compile
-    better = jnp.stack(
-        bits.better(key, 2, unrolled=unrolled) + bits.better(key, 1, unrolled=unrolled), axis=1
-    )
+    # (B, 2 * words, m, m): better entries of the row, then of the column, per word. (The
+    # uncompacted solve is the one kept cheap to compile.)
+    better = bits.better(key, unrolled=compact)
     # State (B, 2 * words, m): each row's kept columns, then each column's kept rows.
     empty = jnp.zeros((scores.shape[0], 2 * bits.words, m), bits.dtype)
     kept = compacted_rounds(
