@@ -101,17 +101,18 @@ def solve_tiles(
       ``keep_axes``.
     """
     *lead, m, _ = tiles.shape
-    options = {"compact": False} if solvers.takes_compact(solve) else {}
     if not keep_axes:
         flat = tiles.reshape(-1, m, m)
         if compact:
             return solve(flat, n).reshape(tiles.shape)
-        if options:
-            return solve(flat, n, **options).reshape(tiles.shape)
+        if solvers.takes_compact(solve):
+            return solve(flat, n, compact=False).reshape(tiles.shape)
         tiles = flat
 
-    def one(tile: jax.Array) -> jax.Array:  # a single tile has nothing to compact
-        return solve(tile[None], n, **options)[0]
+    # One tile per call: the solver's default forms (its compile-cheap uncompacted forms
+    # run slower on the large tile grids of sharded weights).
+    def one(tile: jax.Array) -> jax.Array:
+        return solve(tile[None], n)[0]
 
     for _ in tiles.shape[:-2]:
         one = jax.vmap(one)

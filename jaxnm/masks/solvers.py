@@ -10,7 +10,7 @@ callable, the extension point for a solver of one's own. The default everywhere 
 
 Each tile's mask depends on that tile only, so a batch can be solved whole or tile by
 tile with the same masks. A solver that works in rounds on the tiles still active (greedy)
-may take a keyword ``compact: bool``: ``True`` (their default) shrinks the
+may take a keyword ``compact: bool``: ``True`` (its default) shrinks the
 batch to the active tiles as rounds go, ``False`` runs every round on the whole batch,
 the cheapest program to compile. :func:`jaxnm.masks.layers.solve_tiles` passes
 ``compact=False`` to a solver that takes it (:func:`takes_compact`) instead of ``vmap``-ing
