@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from jaxnm._checks import check_nm, check_tileable
 from jaxnm.masks import fixed
+from jaxnm.masks.chunks import map_tile_chunks
 from jaxnm.masks.compaction import compacted_rounds
 from jaxnm.masks.residual import finite_scores
 from jaxnm.masks.scores import importance
@@ -184,7 +185,16 @@ def proven_optimal_float(scores: jax.Array, keep: jax.Array) -> jax.Array:
 
     Returns:
       bool ``(B,)``.
+
+    Large batches are proven in chunks (:func:`jaxnm.masks.chunks.map_tile_chunks`),
+    whose Bellman–Ford rounds stay in cache: 0.20-0.23 s against 0.26-0.27 s on 262,144
+    tiles at 4:8 (CPU).
     """
+    return map_tile_chunks(_proven_optimal_chunk, scores, keep)
+
+
+def _proven_optimal_chunk(scores: jax.Array, keep: jax.Array) -> jax.Array:
+    """:func:`proven_optimal_float` on one batch at once."""
     eps = float(jnp.finfo(jnp.float32).eps)
     pot = _float_potentials(scores, keep, 8 * eps)
     # Unkept (r, c): a = D_r, c = -s, b = D_c; kept: a = D_c, c = +s, b = D_r.

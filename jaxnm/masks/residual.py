@@ -289,6 +289,7 @@ def cancel_cycles(
     active: jax.Array | None = None,
     whole_batch: bool = True,
     compact: bool = True,
+    stop_without_cycle: bool = False,
 ) -> jax.Array:
     """Cancels negative cycles, at most ``max_rounds`` rounds per tile.
 
@@ -308,6 +309,9 @@ def cancel_cycles(
       active: bool ``(B,)``: only these tiles are worked on (``None``: all).
       whole_batch, compact: how the rounds are scheduled (static; see
         :func:`~jaxnm.masks.compaction.compacted_rounds`); the same result either way.
+      stop_without_cycle: a tile also stops after a round that cancels no cycle though
+        its Bellman–Ford did not settle (static; with ``bf_rounds < m`` such a tile is
+        not known optimal: for callers that prove optimality afterwards).
 
     Returns:
       bool ``(B, m, m)`` with the same row and column counts as ``keep`` and a retained
@@ -316,7 +320,10 @@ def cancel_cycles(
 
     def step(data, k):
         s, tol = data
-        return cancel_round(s, k, tol, bf_rounds=bf_rounds)
+        new, active = cancel_round(s, k, tol, bf_rounds=bf_rounds)
+        if stop_without_cycle:
+            active = jnp.any(new != k, axis=(1, 2))
+        return new, active
 
     exact = isinstance(scores, fixed.Fixed)
     data = (scores, None if exact else tolerance(scores))

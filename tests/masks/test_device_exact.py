@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxnm
-from jaxnm.masks import certificate, device_exact, exact, greedy, residual
+from jaxnm.masks import certificate, chunks, device_exact, exact, fixed, greedy, residual
 
 NM = [(1, 2), (2, 4), (4, 8), (3, 8), (2, 8), (8, 16)]
 
@@ -118,6 +118,44 @@ def test_compacted_rounds_match_whole_batch_rounds():
         # Buffers of B // 8 from the first round on (tiles at different rounds share one).
         gathered = cancel(s, start, max_rounds=rounds, min_buffer=2, whole_batch=False)
         np.testing.assert_array_equal(whole, gathered)
+
+
+def test_float_proof_in_chunks_equals_one_batch(monkeypatch):
+    # 360 tiles in chunks of 60 (the largest divisor of 360 in [8, 64]): the same
+    # verdicts as the whole batch at once, on optimal and on greedy-only masks.
+    s = jnp.asarray(np.concatenate([tiles(k, 90, 8, 7) for k in ("normal", "integers")] * 2))
+    keeps = [
+        jnp.asarray(exact.solve_host(np.asarray(s), 4)),
+        jax.jit(lambda s: greedy.solve(s, 4, improve_rounds=0))(s),
+    ]
+    monkeypatch.setattr(chunks, "CHUNK_TILES", 64)
+    assert chunks.chunk_size(360, 64) == 60
+    assert chunks.chunk_size(64, 64) == 64 and chunks.chunk_size(67 * 2, 64) == 67 * 2
+    for keep in keeps:
+        chunked = jax.jit(lambda s, k: certificate.proven_optimal_float(s, k))(s, keep)
+        whole = jax.jit(certificate._proven_optimal_chunk)(s, keep)
+        np.testing.assert_array_equal(chunked, whole)
+        assert 0 < int(np.sum(whole)) < s.shape[0]  # both verdicts occur
+
+
+def test_exact_fallback_in_chunks_equals_whole_batch():
+    # 4,096 tiles: chunks of 64; 200 unproven tiles take 4 chunks (<= B // 16 = 256), 600
+    # take the whole-batch path. Every tile ends as the whole-batch exact cancelling
+    # leaves it, and tiles not marked unproven are untouched.
+    s = residual.finite_scores(jnp.asarray(tiles("integers", 4096, 8, 11)))
+    start = jax.jit(lambda s: greedy.solve(s, 4, improve_rounds=0))(s)
+    rng = np.random.default_rng(0)
+    fallback = jax.jit(functools.partial(device_exact._exact_cancelling, max_rounds=128))
+    whole = jax.jit(
+        lambda s, k, u: residual.cancel_cycles(fixed.from_scores(s), k, max_rounds=128, active=u)
+    )
+    for count in (200, 600):
+        unproven = np.zeros(4096, bool)
+        unproven[rng.choice(4096, count, replace=False)] = True
+        got = fallback(s, start, jnp.asarray(unproven))
+        np.testing.assert_array_equal(got, whole(s, start, jnp.asarray(unproven)))
+        np.testing.assert_array_equal(np.asarray(got)[~unproven], np.asarray(start)[~unproven])
+        assert not np.array_equal(np.asarray(got)[unproven], np.asarray(start)[unproven])
 
 
 def test_transposable_mask_exact_device_under_jit():
