@@ -138,9 +138,9 @@ def test_float_proof_in_chunks_equals_one_batch(monkeypatch):
         assert 0 < int(np.sum(whole)) < s.shape[0]  # both verdicts occur
 
 
-def test_exact_fallback_in_chunks_equals_whole_batch():
-    # 4,096 tiles: chunks of 64; 200 unproven tiles take 4 chunks (<= B // 16 = 256), 600
-    # take the whole-batch path. Every tile ends as the whole-batch exact cancelling
+def test_exact_fallback_batches_equal_whole_batch():
+    # 4,096 tiles: 50 unproven tiles fit the small batch (64), 200 the larger one (256),
+    # 600 take the whole-batch path. Every tile ends as the whole-batch exact cancelling
     # leaves it, and tiles not marked unproven are untouched.
     s = residual.finite_scores(jnp.asarray(tiles("integers", 4096, 8, 11)))
     start = jax.jit(lambda s: greedy.solve(s, 4, improve_rounds=0))(s)
@@ -149,7 +149,7 @@ def test_exact_fallback_in_chunks_equals_whole_batch():
     whole = jax.jit(
         lambda s, k, u: residual.cancel_cycles(fixed.from_scores(s), k, max_rounds=128, active=u)
     )
-    for count in (200, 600):
+    for count in (50, 200, 600):
         unproven = np.zeros(4096, bool)
         unproven[rng.choice(4096, count, replace=False)] = True
         got = fallback(s, start, jnp.asarray(unproven))
