@@ -22,6 +22,7 @@ TINY = {
     "layer_masks": (["--sizes", "64", "--reps", "1"], "compact_min_tiles"),
     "ops": (["--tokens", "64", "--d-in", "64", "--d-out", "128", "--rounds", "1"], "ratio"),
     "solvers": (["--sizes", "64", "--nm", "2:4", "--repeats", "1", "--nx-tiles", "4"], "certified"),
+    "startup_parts": (["1"], "| no solver |"),
     "train_step": (
         ["--rounds", "1", "--steps-per-round", "2", "--batch", "2", "--dim", "32", "--depth", "1"]
         + ["--heads", "2", "--refresh-every", "2"],
