@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
-from startup import inputs, make_step, models
+from startup import inputs, measure_parts, models
 
 import jaxnm
 import jaxnm._sparsify as sparsify_module
@@ -30,7 +29,7 @@ import jaxnm._sparsify as sparsify_module
 
 def main(rounds: int) -> None:
     model, shape = models(False)["cnn"]
-    params, x, y = inputs(model, shape)
+    data = inputs(model, shape)
     jax.jit(lambda a: a + 1)(jnp.zeros(3)).block_until_ready()  # XLA's one-time set-up
     solve_tree = sparsify_module._solve_packed_tree
 
@@ -40,20 +39,12 @@ def main(rounds: int) -> None:
         return masks
 
     def measure(kind: str) -> tuple[float, float]:
-        sparse = kind != "dense"
         tx = optax.adamw(1e-3)
-        if sparse:
+        if kind != "dense":
             tx = optax.chain(jaxnm.sparsify(4, 8, method="greedy"), tx)
         sparsify_module._solve_packed_tree = keep_masks if kind == "no solver" else solve_tree
         try:
-            jax.clear_caches()
-            opt_state = tx.init(params)
-            jax.clear_caches()
-            start = time.perf_counter()
-            lowered = jax.jit(make_step(model, tx, sparse)).lower(params, opt_state, x, y)
-            lowered_at = time.perf_counter()
-            lowered.compile()
-            return lowered_at - start, time.perf_counter() - lowered_at
+            return measure_parts(model, data, tx, sparse=kind != "dense")[1:]
         finally:
             sparsify_module._solve_packed_tree = solve_tree
 
