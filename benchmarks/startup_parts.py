@@ -39,12 +39,13 @@ def main(rounds: int) -> None:
         return masks
 
     def measure(kind: str) -> tuple[float, float]:
+        sparse = kind != "dense"
         tx = optax.adamw(1e-3)
-        if kind != "dense":
+        if sparse:
             tx = optax.chain(jaxnm.sparsify(4, 8, method="greedy"), tx)
         sparsify_module._solve_packed_tree = keep_masks if kind == "no solver" else solve_tree
         try:
-            return measure_parts(model, data, tx, sparse=kind != "dense")[1:]
+            return measure_parts(model, data, tx, sparse)[1:]
         finally:
             sparsify_module._solve_packed_tree = solve_tree
 
