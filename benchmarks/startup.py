@@ -13,7 +13,10 @@ with nothing compiled, see :func:`inputs`), in the same process:
   with ``solve_on="host"`` (a host callback).
 
 Every measurement starts cold (``jax.clear_caches()`` before it, and one warm-up compile
-at start-up so that no measurement pays XLA's one-time set-up); ``--repeats`` cold rounds
+at start-up so that no measurement pays XLA's one-time set-up) and with the garbage of
+the earlier ones collected (``gc.collect()``: without it, the same sparse step compiled
+in the second and in the third slot of a round differed by 0.05-0.2x dense, with the
+earlier rounds' garbage walked by the collector during the trace); ``--repeats`` cold rounds
 alternate dense and sparse, medians are printed with the sparse/dense ratios and the
 issue's goals (init <= 3x dense, first step <= 2x dense).
 
@@ -33,6 +36,7 @@ Several ``--solve-on`` values measure one sparse row each, in the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import statistics
@@ -171,15 +175,21 @@ def inputs(model: nn.Module, shape: tuple[int, ...]) -> tuple:
     return jax.block_until_ready(jax.device_put((params, x, y)))
 
 
+def _cold() -> None:
+    """Empties JAX's caches and collects Python's garbage before a measurement."""
+    jax.clear_caches()
+    gc.collect()
+
+
 def measure_parts(model, data: tuple, tx, sparse: bool) -> tuple[float, float, float]:
     """Cold (init, first-step lowering, first-step XLA compile) seconds of one optimizer on
     ``data`` (:func:`inputs`)."""
     params, x, y = data
-    jax.clear_caches()
+    _cold()
     start = time.perf_counter()
     opt_state = jax.block_until_ready(tx.init(params))
     init_s = time.perf_counter() - start
-    jax.clear_caches()
+    _cold()
     start = time.perf_counter()
     lowered = jax.jit(make_step(model, tx, sparse)).lower(params, opt_state, x, y)
     lowered_at = time.perf_counter()

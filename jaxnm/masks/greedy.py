@@ -181,6 +181,7 @@ def greedy_keep(scores: jax.Array, n: int, *, compact: bool = True) -> jax.Array
         empty,
         max_rounds=m * m,
         compact=compact,
+        finished_is_fixed=True,  # nothing available: a round keeps nothing
     )
     return bits.unpack([kept[:, w] for w in range(bits.words)])
 
@@ -212,12 +213,16 @@ def _greedy_round(
     chosen = bits.unpack(row_avail) & (in_row < n) & (in_col < n)  # (K, m, m)
     row_kept = [k | c for k, c in zip(row_kept, bits.pack(chosen, 2), strict=True)]
     col_kept = [k | c for k, c in zip(col_kept, bits.pack(chosen, 1), strict=True)]
+    new = jnp.stack(row_kept + col_kept, axis=1)
     if idle_round:
-        still = jnp.any(chosen, axis=(1, 2))
+        # Whether anything was chosen, read off the new words (every chosen entry was
+        # unkept): the choice reduced again on its own made XLA:CPU emit its whole
+        # computation a second time (40 kB of LLVM IR more).
+        still = jnp.any(new != kept, axis=(1, 2))
     else:  # still available: an unkept entry in an open row and an open column
         left = _available(bits, row_kept, _counts(bits, row_kept) < n, _counts(bits, col_kept) < n)
         still = jnp.any(jnp.stack(left) != 0, axis=(0, 2))
-    return jnp.stack(row_kept + col_kept, axis=1), still
+    return new, still
 
 
 def _counts(bits: _Bits, kept: list[jax.Array]) -> jax.Array:
@@ -315,6 +320,7 @@ def repair(scores: jax.Array, keep: jax.Array, n: int, *, compact: bool = True) 
         keep,
         max_rounds=n * m,
         compact=compact,
+        finished_is_fixed=True,  # no short row (so no short column): nothing to augment
     )
 
 

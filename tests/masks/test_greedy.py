@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tile_kinds import KINDS, draw
 
 import jaxnm
-from jaxnm.masks import exact, greedy
+from jaxnm.masks import compaction, exact, greedy, residual
 
 NM = [(1, 2), (2, 4), (4, 8), (2, 8), (8, 16)]
 
@@ -53,6 +54,51 @@ def test_greedy_keep_matches_the_paper_greedy(n, m):
     got = np.asarray(jax.jit(greedy.greedy_keep, static_argnums=1)(jnp.asarray(tiles), n))
     for tile, keep in zip(tiles, got, strict=True):
         np.testing.assert_array_equal(keep, paper_greedy(tile, n))
+
+
+def test_rounds_without_masking_finished_tiles_match_the_masked_rounds():
+    # A step whose finished tiles are fixed points (a counter that stops at its target):
+    # stepping every tile every round gives the masked rounds' result, whether max_rounds
+    # stops the loop first or every tile finishes.
+    target = jnp.asarray([0, 1, 3, 5, 9], jnp.int32)
+
+    def step(goal, k):
+        new = jnp.minimum(k + 1, goal)
+        return new, new < goal
+
+    start = jnp.zeros(5, jnp.int32)
+    for rounds in (0, 2, 4, 20):
+        runs = [
+            jax.jit(
+                lambda s, fixed=fixed, rounds=rounds: compaction.compacted_rounds(
+                    step, target, s, max_rounds=rounds, compact=False, finished_is_fixed=fixed
+                )
+            )(start)
+            for fixed in (False, True)
+        ]
+        np.testing.assert_array_equal(runs[0], runs[1])
+        np.testing.assert_array_equal(runs[1], np.minimum(target, rounds))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16)])
+def test_whole_batch_stages_match_the_compacted_stages(n, m):
+    # compact=False steps every tile until none is active (finished tiles are fixed points
+    # of the greedy round and of the repair); compact=True gathers the active ones into
+    # smaller buffers (B // 8 >= 64 here). Every tile kind, plus +inf and NaN (-1) marks.
+    rng = np.random.default_rng(m)
+    s = np.concatenate([draw(kind, 80, m, rng) for kind in KINDS])
+    marks = rng.random(s.shape)
+    s = np.where(marks < 0.05, np.inf, np.where(marks > 0.95, -1.0, s)).astype(np.float32)
+    s = residual.finite_scores(jnp.asarray(s))
+
+    def stages(s, compact):
+        kept = greedy.greedy_keep(s, n, compact=compact)
+        return kept, greedy.repair(s, kept, n, compact=compact)
+
+    run = jax.jit(stages, static_argnums=1)
+    for got, want in zip(run(s, False), run(s, True), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert counts_ok(run(s, False)[1], n)
 
 
 @functools.cache
