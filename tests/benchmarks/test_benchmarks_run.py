@@ -20,6 +20,7 @@ TINY = {
         "weight bytes: compressed / dense",
     ),
     "layer_masks": (["--sizes", "64", "--reps", "1"], "compact_min_tiles"),
+    "loop_condition": (["1"], "/ jaxnm's |"),
     "ops": (["--tokens", "64", "--d-in", "64", "--d-out", "128", "--rounds", "1"], "ratio"),
     "solvers": (["--sizes", "64", "--nm", "2:4", "--repeats", "1", "--nx-tiles", "4"], "certified"),
     "startup_parts": (["1"], "| no solver |"),
