@@ -38,6 +38,14 @@ def weights(m, big):
     return ws
 
 
+def retained_per_tile(w, keep, m):
+    """float64 retained |w| of every m x m tile (NaN counted as -1, as the solvers do)."""
+    scores = np.abs(np.asarray(to_tiles(w.astype(jnp.float32), m), np.float64))
+    scores = np.where(np.isnan(scores), -1.0, scores).reshape(-1, m, m)
+    kept = np.asarray(to_tiles(keep, m)).reshape(-1, m, m)
+    return np.where(kept, scores, 0.0).sum(axis=(1, 2))
+
+
 def check_same_masks(n, m, method, plans, big=False):
     ws = weights(m, big)
     expected = jax.jit(tilewise, static_argnums=(1, 2, 3))(ws, n, m, method)
@@ -50,8 +58,17 @@ def check_same_masks(n, m, method, plans, big=False):
         )(ws)
         for w, a, b in zip(ws, got, expected, strict=True):
             assert a.shape == w.shape and a.dtype == jnp.bool_
-            np.testing.assert_array_equal(a, b, err_msg=f"{method} {n}:{m} {plan} {compact}")
             assert bool(is_transposable_nm(a, n, m))
+            if method == "exact":
+                # Min-cost flow solves each call's tiles as one graph, so among tied optima
+                # (the bf16 weight) the one it returns depends on the batch: the same optimal
+                # value (to the integer scaling's error, 2**-32 of a tile's largest score per
+                # kept entry), not always the same mask.
+                np.testing.assert_allclose(
+                    retained_per_tile(w, a, m), retained_per_tile(w, b, m), rtol=1e-7, err_msg=plan
+                )
+                continue
+            np.testing.assert_array_equal(a, b, err_msg=f"{method} {n}:{m} {plan} {compact}")
 
 
 def test_greedy_4_8_compacted_and_whole_batch_match_tilewise():
