@@ -15,7 +15,7 @@ with nothing compiled, see :func:`inputs`), in the same process:
 Every measurement starts cold (``jax.clear_caches()`` before it, and one warm-up compile
 at start-up so that no measurement pays XLA's one-time set-up) and with the garbage of
 the earlier ones collected (``gc.collect()``: without it, the same sparse step compiled
-in the second and in the third slot of a round differed by 0.05-0.2x dense, with the
+in the second and in the third slot of a round differed by 0.1-0.3x dense, with the
 earlier rounds' garbage walked by the collector during the trace); ``--repeats`` cold rounds
 alternate dense and sparse, medians are printed with the sparse/dense ratios and the
 issue's goals (init <= 3x dense, first step <= 2x dense).

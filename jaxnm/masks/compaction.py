@@ -86,11 +86,10 @@ def compacted_rounds(
     if not whole_batch and len(sizes) > 1:
         sizes = sizes[1:]
 
-    if sizes == [b] and finished_is_fixed and active is None:
-        return _unmasked_rounds(step, scores, keep, max_rounds)
+    masked = not (finished_is_fixed and active is None)
     active = jnp.ones((b,), bool) if active is None else active
     if sizes == [b]:
-        return _whole_batch_rounds(step, scores, keep, active, max_rounds)
+        return _whole_batch_rounds(step, scores, keep, active, max_rounds, masked=masked)
 
     def gather(tree, idx):
         return jax.tree.map(lambda x: x[idx], tree)
@@ -141,13 +140,16 @@ def _any(active: jax.Array) -> jax.Array:
     return jnp.max(active.astype(jnp.uint8)) > 0
 
 
-def _whole_batch_rounds(step, scores, keep, active: jax.Array, max_rounds: int):
+def _whole_batch_rounds(
+    step, scores, keep, active: jax.Array, max_rounds: int, *, masked: bool = True
+):
     """:func:`compacted_rounds` with one buffer, the whole batch.
 
     Tiles only ever leave the active set, so every active tile has run as many rounds as
     the loop: one scalar counter replaces the per-tile counts, and the loop stops when no
     tile is active (:func:`_any`). Each kernel XLA:CPU compiles costs ~20 ms, so the fewer
-    the better here.
+    the better here. ``masked=False`` (finished tiles are fixed points of ``step``): every
+    round steps every tile, and the new state is not masked back to the old one.
     """
 
     def cond(state):
@@ -157,21 +159,8 @@ def _whole_batch_rounds(step, scores, keep, active: jax.Array, max_rounds: int):
         keep, active, rounds = state
         new, still = step(scores, keep)
         rounds = rounds + 1
-        return _where_active(active, new, keep), active & still & (rounds < max_rounds), rounds
+        if masked:
+            new, still = _where_active(active, new, keep), active & still
+        return new, still & (rounds < max_rounds), rounds
 
     return lax.while_loop(cond, body, (keep, active, jnp.zeros((), jnp.int32)))[0]
-
-
-def _unmasked_rounds(step, scores, keep, max_rounds: int):
-    """:func:`_whole_batch_rounds` for a step whose finished tiles are fixed points: every
-    round steps every tile and the loop runs while any tile reports more to do."""
-
-    def cond(state):
-        return _any(state[1]) & (state[2] < max_rounds)
-
-    def body(state):
-        new, still = step(scores, state[0])
-        return new, still, state[2] + 1
-
-    b = jax.tree.leaves(keep)[0].shape[0]
-    return lax.while_loop(cond, body, (keep, jnp.ones((b,), bool), jnp.zeros((), jnp.int32)))[0]
