@@ -4,11 +4,15 @@ Three versions of the ``benchmarks/startup.py`` CNN training step, in one proces
 cold (``jax.clear_caches()`` first), alternating, medians of ``ROUNDS`` (argument, default 3):
 
 * ``dense``: ``optax.adamw``;
-* ``sparse``: ``optax.chain(jaxnm.sparsify(4, 8, method="greedy"), optax.adamw)``;
-* ``no solver``: the same, with the refresh branch's compiled solver replaced by "keep the
-  masks" (a diagnostic patch of the private ``jaxnm._sparsify._solve_packed_tree``; the
-  initial masks are still solved on the host), so ``sparse - no solver`` is the solver's
-  own trace + compile and ``no solver - dense`` everything else jaxnm adds to the step.
+* ``sparse``: ``optax.chain(jaxnm.sparsify(4, 8, method="greedy"), optax.adamw)`` (the
+  default ``solve_on="auto"``: on the CPU the refresh calls the solver compiled apart);
+* ``sparse device``: the same with ``solve_on="device"``: the solver compiled into the step;
+* ``no solver``: the same, with the refresh branch's solver replaced by "keep the masks" (a
+  diagnostic patch of the private ``jaxnm._sparsify._solve_packed_tree``; the initial masks
+  are still solved on the host), so ``sparse device - no solver`` is the solver's own trace
+  + compile, ``sparse - no solver`` what the callback and the solver's trace (for the
+  non-CPU branch of ``lax.platform_dependent``) cost, and ``no solver - dense`` everything
+  else jaxnm adds to the step.
 
   python benchmarks/startup_parts.py [ROUNDS]
 """
@@ -42,14 +46,15 @@ def main(rounds: int) -> None:
         sparse = kind != "dense"
         tx = optax.adamw(1e-3)
         if sparse:
-            tx = optax.chain(jaxnm.sparsify(4, 8, method="greedy"), tx)
+            solve_on = "device" if kind == "sparse device" else "auto"
+            tx = optax.chain(jaxnm.sparsify(4, 8, method="greedy", solve_on=solve_on), tx)
         sparsify_module._solve_packed_tree = keep_masks if kind == "no solver" else solve_tree
         try:
-            return measure_parts(model, data, tx, sparse)[1:]
+            return measure_parts(model, data, tx, sparse)[1:3]
         finally:
             sparsify_module._solve_packed_tree = solve_tree
 
-    times = {"dense": [], "sparse": [], "no solver": []}
+    times = {"dense": [], "sparse": [], "sparse device": [], "no solver": []}
     for _ in range(rounds):
         for kind, runs in times.items():
             runs.append(measure(kind))

@@ -17,8 +17,12 @@ Semantics (one step = one ``update`` call; ``count`` = steps done so far):
   - ``c >= end_step``: the masks freeze, or the run goes dense (all ones) with
     ``dense_tail=True``.
 
-  The refresh is a ``lax.switch`` inside the compiled step: no recompilation and no host
-  round trip (``method="exact"`` uses its solver's host callback).
+  The refresh is a ``lax.switch`` inside the compiled step: no recompilation. With the
+  default ``solve_on="auto"`` and the weights on one CPU device, the refresh branch calls
+  the compiled solver as an executable of its own (a ``jax.pure_callback``; compiled at
+  the first refresh, cached by shapes), so the step's compile holds no solver; elsewhere
+  the solver is compiled into the step (``method="exact"`` uses its solver's host
+  callback).
 * Position in an ``optax.chain``: **first**, before the optimizer, because ``srste`` adds
   the SR-STE term ``srste · (1 − mask) ⊙ params`` to the *gradient*. Apart from that term
   the transform passes updates through untouched and its masks depend only on ``params``
@@ -106,8 +110,14 @@ def sparsify(
         ``"auto"`` (default): ``init`` on the host by the solver's NumPy twin
         (:func:`jaxnm.masks.layers.host_solver`: ``"greedy"``, and ``"auto"`` where it
         means greedy), so ``init`` compiles no solver; the refresh branch of the train
-        step by the compiled solver (compiled with the step). ``"device"``: the compiled
-        solver at ``init`` too. ``"host"``: the twin in the step too, through
+        step by the compiled solver: on a CPU with the weights on one device as an
+        executable of its own, called through ``jax.pure_callback`` (the step's compile
+        holds no solver; the solver compiles at the first refresh, once per set of kernel
+        shapes and settings, and is shared by every step and ``sparsify`` instance that
+        refreshes those shapes), elsewhere compiled into the step (GPU, TPU, several
+        devices). ``"device"``: the compiled solver at ``init`` too, and always compiled
+        into the step (use it for a train step that is exported with ``jax.export``,
+        which cannot serialize a callback). ``"host"``: the twin in the step too, through
         ``jax.pure_callback``: the step compiles no solver, but every refresh copies the
         weights to the host and solves there, several times slower than the compiled
         solver on the CPU (BENCHMARKS.md, "Start-up"). The host solves only weights on one
@@ -177,6 +187,7 @@ def sparsify(
             {path: view for path, view, _ in views},
             on_host=on_host,
             must=solve_on == "host",
+            separate=solve_on == "auto",
         )
 
     def dense_masks(masks: Any) -> Any:
@@ -247,6 +258,7 @@ def _solve_packed_tree(
     *,
     on_host: bool,
     must: bool = False,
+    separate: bool = False,
 ):
     """Packed masks of the leaves of ``params`` where ``masks`` is not None, all solved by
     one call; a pytree like ``map_masks(fn, masks, params)``. Kernels with a
@@ -256,7 +268,9 @@ def _solve_packed_tree(
     ``on_host``: where the solver has a NumPy twin (:func:`jaxnm.masks.layers.host_solver`)
     and the weights sit on one device (``default_plan`` is ``"flat"``), the masks are
     solved on the host (:func:`_solve_packed_host`), the same masks with no solver compile;
-    otherwise by the compiled :func:`_solve_packed` (``must``: raise instead).
+    otherwise by the compiled :func:`_solve_packed` (``must``: raise instead): under a
+    trace with ``separate`` and the weights on one device, as its own executable
+    (:func:`_solve_packed_separately`), else traced into the caller.
     """
     selected = map_masks(lambda _, p: variable_array(p), masks, params)
     flat, treedef = jax.tree_util.tree_flatten_with_path(selected)
@@ -268,17 +282,20 @@ def _solve_packed_tree(
         matrices.append(None if view is None else view.matrix_shape(w.shape))
         leaves.append(w)
     host = host_solver(solver, n, m) if on_host and transposable else None
-    if host is not None and default_plan(leaves) == "flat":
+    flat_plan = default_plan(leaves) == "flat"
+    traced = any(isinstance(w, jax.core.Tracer) for w in leaves)
+    settings = dict(n=n, m=m, transposable=transposable, solver=solver, views=tuple(matrices))
+    if host is not None and flat_plan:
         packed = _solve_packed_host(leaves, n, m, host, tuple(matrices))
     elif must:
         raise ValueError(
             "`solve_on='host'` needs the weights on one device (this process sees "
             f"{jax.device_count()} devices or the weights carry a sharding); use 'auto'."
         )
+    elif separate and transposable and flat_plan and traced:
+        packed = _solve_packed_separately(tuple(leaves), **settings)
     else:
-        packed = _solve_packed(
-            tuple(leaves), n=n, m=m, transposable=transposable, solver=solver, views=tuple(matrices)
-        )
+        packed = _solve_packed(tuple(leaves), **settings)
     return jax.tree.unflatten(treedef, packed)
 
 
@@ -304,6 +321,49 @@ def _solve_packed_host(ws: list, n: int, m: int, host, views: tuple) -> list:
         ]
         return list(jax.pure_callback(solve, shapes, *ws, vmap_method="sequential"))
     return [jax.device_put(p, w.sharding) for p, w in zip(solve(*ws), ws, strict=True)]
+
+
+def _solve_packed_separately(ws: tuple, **settings) -> list:
+    """:func:`_solve_packed` of the traced weights ``ws`` (``settings``: its static
+    arguments) without tracing the solver into the caller's program, where that program
+    runs on a CPU.
+
+    On a CPU the caller's program calls the jitted :func:`_solve_packed` through
+    ``jax.pure_callback``: it is compiled as an executable of its own at the first call
+    (the caller's compile holds no solver; jit's cache keeps it by shapes and settings) and
+    run on the process's first CPU device: the callback's arrays and that device's buffers
+    are in the same memory, so the round trip costs copies, not transfers (about 1 ms of an
+    87 ms refresh on the MNIST CNN's kernels). Compiled for any other platform (GPU, TPU),
+    the solver is
+    traced into the caller as :func:`_solve_packed` itself (``lax.platform_dependent``; a
+    program lowered for several platforms holds both). The same masks either way: the
+    solver is position-independent (see :mod:`jaxnm.masks.residual`).
+    """
+    m, views = settings["m"], settings["views"]
+    shapes = [
+        jax.ShapeDtypeStruct(packed_shape(tuple(w.shape) if v is None else v, m), word_dtype(m))
+        for w, v in zip(ws, views, strict=True)
+    ]
+
+    def solve_compiled(*arrays) -> list:
+        # jax sets a default device inside callbacks, eager calls have none: without it, and
+        # with uncommitted weights (as params usually are), this is the entry of jit's cache
+        # that an eager `init` filled (a solver without a NumPy twin compiles once for both).
+        with jax.default_device(None):
+            if jax.default_backend() == "cpu":
+                weights = tuple(jnp.asarray(np.asarray(a)) for a in arrays)
+            else:  # a step on the CPU of a process whose default backend is another
+                cpu = jax.local_devices(backend="cpu")[0]
+                weights = tuple(jax.device_put(np.asarray(a), cpu) for a in arrays)
+            return [np.asarray(p) for p in _solve_packed(weights, **settings)]
+
+    def on_cpu(*arrays) -> list:
+        return list(jax.pure_callback(solve_compiled, shapes, *arrays, vmap_method="sequential"))
+
+    def traced_in(*arrays) -> list:
+        return list(_solve_packed(arrays, **settings))
+
+    return lax.platform_dependent(*ws, cpu=on_cpu, default=traced_in)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "transposable", "solver", "views"))

@@ -23,7 +23,7 @@ TINY = {
     "loop_condition": (["1"], "/ jaxnm's |"),
     "ops": (["--tokens", "64", "--d-in", "64", "--d-out", "128", "--rounds", "1"], "ratio"),
     "solvers": (["--sizes", "64", "--nm", "2:4", "--repeats", "1", "--nx-tiles", "4"], "certified"),
-    "startup_parts": (["1"], "| no solver |"),
+    "startup_parts": (["1"], "| sparse device |"),
     "train_step": (
         ["--rounds", "1", "--steps-per-round", "2", "--batch", "2", "--dim", "32", "--depth", "1"]
         + ["--heads", "2", "--refresh-every", "2"],

@@ -3,6 +3,7 @@ masks bit for bit, and sparsify's init uses it: the same masks, no solver compil
 
 import contextlib
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -200,6 +201,94 @@ def test_solve_on_host_refreshes_in_the_step_without_a_solver_compile():
         np.testing.assert_array_equal(got, want)
         changed |= not np.array_equal(got, old)
     assert changed
+
+
+def _callbacks(hlo: str) -> list[str]:
+    return [t for t in re.findall(r'custom_call_target="([^"]+)"', hlo) if "callback" in t]
+
+
+def test_solve_on_auto_refreshes_on_cpu_by_the_solver_compiled_apart():
+    """solve_on="auto" on the CPU: the step's compile holds no solver (its refresh branch
+    calls the jitted solver through a callback), the solver compiles once at the first
+    refresh and is shared by a second step function, under vmap too, and the masks are
+    bit for bit those of solve_on="device" (the solver compiled into the step)."""
+    params = params_all_kinds()
+    params["attn"] = {"kernel": jnp.asarray(raw("cauchy", (16, 8, 2), 7))}
+    default = jaxnm.default_include(8, True)
+
+    def include(path, leaf):
+        return jaxnm.KernelView(1) if path[0] == "attn" else default(path, leaf)
+
+    grads = jax.tree.map(jnp.ones_like, params)
+    moved = jax.tree.map(lambda p, g: (p - 0.5 * g).astype(p.dtype), params, grads)
+    auto = jaxnm.sparsify(4, 8, method="greedy", refresh_every=1, include=include)
+    device = jaxnm.sparsify(
+        4, 8, method="greedy", refresh_every=1, include=include, solve_on="device"
+    )
+    state = auto.init(params)
+    jax.clear_caches()  # no solver compiled by an earlier test
+    with compiled_functions() as names:
+        step = jax.jit(auto.update).lower(grads, state, moved).compile()
+    assert names and not solver_compiles(names), names
+    assert len(_callbacks(step.as_text())) == 1, "the refresh's callback is missing"
+    # The callback compiles on its own thread, which jax.log_compiles does not see: the
+    # jitted solver's cache counts its compiles.
+    solver = jaxnm._sparsify._solve_packed
+    assert solver._cache_size() == 0
+    _, new = step(grads, state, moved)
+    jax.block_until_ready(new)
+    assert solver._cache_size() == 1
+    with compiled_functions() as names:  # another step function: the same solver
+        _, again = jax.jit(lambda g, s, p: auto.update(g, s, p))(grads, state, moved)
+        batched = jax.vmap(auto.update, in_axes=(None, None, 0))(
+            grads, state, jax.tree.map(lambda a, b: jnp.stack([a, b]), params, moved)
+        )[1]
+        jax.block_until_ready((again, batched))
+    assert names and not solver_compiles(names), names
+    assert solver._cache_size() == 1
+    in_step = jax.jit(device.update).lower(grads, state, moved).compile()
+    assert not _callbacks(in_step.as_text())
+    _, want = in_step(grads, state, moved)
+    changed = False
+    for got, got_again, got_batched, expected, old in zip(
+        jax.tree.leaves(new.masks),
+        jax.tree.leaves(again.masks),
+        jax.tree.leaves(batched.masks),
+        jax.tree.leaves(want.masks),
+        jax.tree.leaves(state.masks),
+        strict=True,
+    ):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(got_again, expected)
+        np.testing.assert_array_equal(got_batched[0], old)  # the params it was given
+        np.testing.assert_array_equal(got_batched[1], expected)
+        changed |= not np.array_equal(got, old)
+    assert changed
+
+
+def test_solve_on_auto_refresh_reuses_the_solver_init_compiled():
+    """A solver without a NumPy twin (2:4 exhaustive) is compiled by an eager init; the
+    refresh branch's callback reuses that executable instead of compiling another."""
+    params = {
+        "conv": {"kernel": jnp.asarray(raw("normal", (3, 3, 8, 16), 1))},
+        "dense": {"kernel": jnp.asarray(raw("ties", (32, 8), 2), jnp.bfloat16)},
+    }
+    grads = jax.tree.map(jnp.ones_like, params)
+    moved = jax.tree.map(lambda p, g: (p - 0.5 * g).astype(p.dtype), params, grads)
+    tx = jaxnm.sparsify(2, 4, method="exhaustive", refresh_every=1)
+    solver = jaxnm._sparsify._solve_packed
+    jax.clear_caches()
+    state = tx.init(params)
+    assert solver._cache_size() == 1
+    step = jax.jit(tx.update).lower(grads, state, moved).compile()
+    assert len(_callbacks(step.as_text())) == 1  # the refresh calls the solver apart
+    _, new = step(grads, state, moved)
+    jax.block_until_ready(new)
+    assert solver._cache_size() == 1  # ... the one init compiled
+    want = jaxnm.sparsify(2, 4, method="exhaustive", solve_on="device").init(moved).masks
+    for got, expected in zip(jax.tree.leaves(new.masks), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_solve_on_errors():
