@@ -320,7 +320,13 @@ def _solve_packed_host(ws: list, n: int, m: int, host, views: tuple) -> list:
             for w, v in zip(ws, views, strict=True)
         ]
         return list(jax.pure_callback(solve, shapes, *ws, vmap_method="sequential"))
-    return [jax.device_put(p, w.sharding) for p, w in zip(solve(*ws), ws, strict=True)]
+    # Committed like the weights: committed masks beside uncommitted params (fresh from
+    # `model.init`) make the train step's outputs committed, and its second call compile
+    # the step again for the new argument shardings.
+    return [
+        jax.device_put(p, w.sharding) if getattr(w, "committed", False) else jnp.asarray(p)
+        for p, w in zip(solve(*ws), ws, strict=True)
+    ]
 
 
 def _solve_packed_separately(ws: tuple, **settings) -> list:

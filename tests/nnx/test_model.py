@@ -1,6 +1,8 @@
 """jaxnm.nnx.sparsify_model and jaxnm.nnx.Optimizer (jaxnm/nnx/model.py): end-to-end N:M training
 of NNX models, each layer's mask in its own op Variable written by the optimizer."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -349,3 +351,46 @@ def test_multi_head_attention_kernels_get_transposable_masks_on_the_flat_view():
     # CompressedNM cannot hold a flattened-view mask: a clear error, not a wrong result.
     with pytest.raises(ValueError, match="flattened"):
         jaxnm.compress_params(nnx.state(model, nnx.Param), optimizer.opt_state)
+
+
+def test_the_train_step_compiles_as_often_as_the_dense_step():
+    """The NNX tutorial's loop with 4:8 greedy masks (init by the NumPy twin) compiles its
+    step once, as the dense model's does (the masks used to be committed next to fresh
+    params, and the second step compiled the whole step again)."""
+
+    x, y = _task(MLP)
+
+    def step_compiles(sparse: bool) -> int:
+        model = MLP(nnx.Rngs(1))
+        if sparse:
+            tx = optax.chain(jaxnm.sparsify(4, 8, method="greedy"), optax.adam(0.02))
+            optimizer = jaxnm.nnx.Optimizer(model, tx, wrt=nnx.Param)
+            jaxnm.nnx.sparsify_model(model, optimizer, grad_sparsity=None)
+        else:
+            optimizer = nnx.Optimizer(model, optax.adam(0.02), wrt=nnx.Param)
+
+        @nnx.jit
+        def train_step(model, optimizer, x, y):
+            loss, grads = nnx.value_and_grad(lambda mdl: jnp.mean((mdl(x) - y) ** 2))(model)
+            optimizer.update(model, grads)
+            return loss
+
+        names = []
+
+        class Record(logging.Handler):
+            def emit(self, record):
+                if record.getMessage().startswith("Compiling jit(train_step"):
+                    names.append(record.getMessage())
+
+        handler, logger = Record(), logging.getLogger("jax")
+        logger.addHandler(handler)
+        try:
+            with jax.log_compiles(True):
+                for _ in range(3):
+                    train_step(model, optimizer, x, y)
+        finally:
+            logger.removeHandler(handler)
+        return len(names)
+
+    assert step_compiles(sparse=False) == 1
+    assert step_compiles(sparse=True) == 1

@@ -246,3 +246,44 @@ def test_errors():
         tx.update(_params(), state)
     with pytest.raises(ValueError, match="found 0"):
         jaxnm.current_masks(optax.adam(0.1).init(_params()))
+
+
+@pytest.mark.parametrize("committed", [False, True])
+@pytest.mark.parametrize("solve_on", ["auto", "device", "host"])
+def test_the_train_step_compiles_as_often_as_the_dense_step(solve_on, committed):
+    """4:8 greedy masks solved at init by the NumPy twin ("auto", "host") or the compiled
+    solver ("device") carry the params' commitment. Fresh (uncommitted) params used to get
+    committed masks: the step's outputs were committed and its second call compiled the
+    whole step again. Committed params: the dense step compiles twice as well (optax's
+    uncommitted counters), and the sparse step no more often."""
+    rng = np.random.default_rng(0)
+    params = {
+        "hidden": {"kernel": jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)},
+        "out": {"kernel": jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)},
+    }
+    if committed:
+        params = jax.device_put(params, jax.devices()[0])
+    x = jnp.ones((4, 8))
+
+    def compiles(tx, sparse: bool) -> int:
+        @jax.jit
+        def step(params, opt_state):
+            def loss_fn(p):
+                if sparse:
+                    p = jaxnm.apply_masks(p, jaxnm.current_masks(opt_state))
+                return jnp.sum(jnp.tanh(x @ p["hidden"]["kernel"]) @ p["out"]["kernel"])
+
+            grads = jax.grad(loss_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        p, opt_state = params, tx.init(params)
+        for _ in range(3):
+            p, opt_state = step(p, opt_state)
+        return step._cache_size()
+
+    dense = compiles(optax.adam(0.1), sparse=False)
+    sparsify = jaxnm.sparsify(4, 8, method="greedy", solve_on=solve_on)
+    assert compiles(optax.chain(sparsify, optax.adam(0.1)), sparse=True) == dense
+    if not committed:
+        assert dense == 1
