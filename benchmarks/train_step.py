@@ -12,6 +12,7 @@ sparse/dense ratio averaged over one refresh period,
 ``((refresh_every - 1) * non_refresh + refresh) / (refresh_every * dense)``.
 
   python benchmarks/train_step.py [--rounds 12] [--steps-per-round 10] [--batch 16]
+      [--solve-on auto|device|host]
 
 ``--model gpt``: the language model of ``examples/lm.py`` (``nmexamples.gpt.GPT``, tied
 byte embeddings, causal blocks) on random ``(batch, context + 1)`` byte windows, next-byte
@@ -91,6 +92,7 @@ def make(
     nm: tuple[int, int] = (2, 4),
     model_fn=ViT,
     backend: str = "xla",
+    solve_on: str = "auto",
     **shape,
 ):
     """``(model, optimizer)``: dense, or sparse with ``sparsify_model(..., backend=backend)``."""
@@ -98,7 +100,9 @@ def make(
     opt = optax.adamw(1e-3)
     if sparse:
         # greedy (not the default "auto") keeps the figures comparable with BENCHMARKS.md
-        sparsify = jaxnm.sparsify(*nm, refresh_every=refresh_every, method="greedy")
+        sparsify = jaxnm.sparsify(
+            *nm, refresh_every=refresh_every, method="greedy", solve_on=solve_on
+        )
         opt = optax.chain(sparsify, opt)
     optimizer = (jaxnm.nnx.Optimizer if sparse else nnx.Optimizer)(model, opt, wrt=nnx.Param)
     if sparse:
@@ -152,6 +156,12 @@ def main():
     parser.add_argument("--context", type=int, default=128, help="gpt: bytes of context")
     parser.add_argument("--sparsity", choices=["2:4", "4:8"], default="2:4")
     parser.add_argument("--grad-sparsity", default="mvue_2_4", help='"none" for a dense dW')
+    parser.add_argument(
+        "--solve-on",
+        choices=["auto", "device", "host"],
+        default="auto",
+        help="jaxnm.sparsify's solve_on (auto: on the CPU the refresh calls the solver apart)",
+    )
     args = parser.parse_args()
     gs = jaxnm.MVUE.parse(args.grad_sparsity)
     nm = tuple(int(v) for v in args.sparsity.split(":"))
@@ -170,11 +180,12 @@ def main():
         shape["model_fn"] = make_gpt
         tokens = jax.random.randint(kx, (args.batch, args.context + 1), 0, 256)
         batch = (tokens[:, :-1], tokens[:, 1:])
-    dense, sparse = make(False, n, **shape), make(True, n, gs, nm, **shape)
+    dense = make(False, n, **shape)
+    sparse = make(True, n, gs, nm, solve_on=args.solve_on, **shape)
     shown = {k: v for k, v in shape.items() if k != "model_fn"}
     print(
         f"devices: {jax.devices()}  {args.model} {shown}, batch {args.batch}, "
-        f"{args.sparsity}-T, refresh every {n}, grad_sparsity {gs}"
+        f"{args.sparsity}-T, refresh every {n}, grad_sparsity {gs}, solve_on {args.solve_on}"
     )
     for name, state in (("dense", dense), ("sparse", sparse)):
         start = time.perf_counter()
