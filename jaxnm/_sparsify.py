@@ -115,12 +115,16 @@ def sparsify(
         holds no solver; the solver compiles at the first refresh, once per set of kernel
         shapes and settings, and is shared by every step and ``sparsify`` instance that
         refreshes those shapes), elsewhere compiled into the step (GPU, TPU, several
-        devices). ``"device"``: the compiled solver at ``init`` too, and always compiled
-        into the step (use it for a train step that is exported with ``jax.export``,
-        which cannot serialize a callback). ``"host"``: the twin in the step too, through
-        ``jax.pure_callback``: the step compiles no solver, but every refresh copies the
-        weights to the host and solves there, several times slower than the compiled
-        solver on the CPU (BENCHMARKS.md, "Start-up"). The host solves only weights on one
+        devices). Where XLA runs that callback on one of its worker threads, the thread
+        waits while the solver runs on the others, so on a CPU with few cores such a
+        refresh is slower than in the step (2 cores: up to 2x; BENCHMARKS.md,
+        "Start-up"). ``"device"``: the compiled solver at ``init`` too, and always
+        compiled into the step (use it for long CPU runs on few cores, and for a train
+        step exported with ``jax.export``, which cannot serialize a callback).
+        ``"host"``: the twin in the step too, through ``jax.pure_callback``: the step
+        compiles no solver, but every refresh copies the weights to the host and solves
+        there, several times slower than the compiled solver on the CPU (BENCHMARKS.md,
+        "Start-up"). The host solves only weights on one
         device with a solver that has a twin; elsewhere ``"auto"`` uses the device and
         ``"host"`` raises.
 
