@@ -124,9 +124,8 @@ def sparsify(
         ``"host"``: the twin in the step too, through ``jax.pure_callback``: the step
         compiles no solver, but every refresh copies the weights to the host and solves
         there, several times slower than the compiled solver on the CPU (BENCHMARKS.md,
-        "Start-up"). The host solves only weights on one
-        device with a solver that has a twin; elsewhere ``"auto"`` uses the device and
-        ``"host"`` raises.
+        "Start-up"). The host solves only weights on one device with a solver that has a
+        twin; elsewhere ``"auto"`` uses the device and ``"host"`` raises.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`SparsifyState`. Its
@@ -303,6 +302,15 @@ def _solve_packed_tree(
     return jax.tree.unflatten(treedef, packed)
 
 
+def _packed_shapes(ws, views: tuple, m: int) -> list[jax.ShapeDtypeStruct]:
+    """The packed masks' shapes and dtype of the weights ``ws`` (``views`` as in
+    :func:`_solve_packed`): a callback's result shapes."""
+    return [
+        jax.ShapeDtypeStruct(packed_shape(tuple(w.shape) if v is None else v, m), word_dtype(m))
+        for w, v in zip(ws, views, strict=True)
+    ]
+
+
 def _solve_packed_host(ws: list, n: int, m: int, host, views: tuple) -> list:
     """Packed transposable masks of ``ws`` solved on the host by ``host`` (``views`` as in
     :func:`_solve_packed`).
@@ -319,10 +327,7 @@ def _solve_packed_host(ws: list, n: int, m: int, host, views: tuple) -> list:
         return [pack_host(k, m) for k in masks]
 
     if any(isinstance(w, jax.core.Tracer) for w in ws):
-        shapes = [
-            jax.ShapeDtypeStruct(packed_shape(tuple(w.shape) if v is None else v, m), word_dtype(m))
-            for w, v in zip(ws, views, strict=True)
-        ]
+        shapes = _packed_shapes(ws, views, m)
         return list(jax.pure_callback(solve, shapes, *ws, vmap_method="sequential"))
     # Committed like the weights: committed masks beside uncommitted params (fresh from
     # `model.init`) make the train step's outputs committed, and its second call compile
@@ -344,16 +349,12 @@ def _solve_packed_separately(ws: tuple, **settings) -> list:
     run on the process's first CPU device: the callback's arrays and that device's buffers
     are in the same memory, so the round trip costs copies, not transfers (about 1 ms of an
     87 ms refresh on the MNIST CNN's kernels). Compiled for any other platform (GPU, TPU),
-    the solver is
-    traced into the caller as :func:`_solve_packed` itself (``lax.platform_dependent``; a
-    program lowered for several platforms holds both). The same masks either way: the
-    solver is position-independent (see :mod:`jaxnm.masks.residual`).
+    the solver is traced into the caller as :func:`_solve_packed` itself
+    (``lax.platform_dependent``; a program lowered for several platforms holds both). The
+    same masks either way: the solver is position-independent (see
+    :mod:`jaxnm.masks.residual`).
     """
-    m, views = settings["m"], settings["views"]
-    shapes = [
-        jax.ShapeDtypeStruct(packed_shape(tuple(w.shape) if v is None else v, m), word_dtype(m))
-        for w, v in zip(ws, views, strict=True)
-    ]
+    shapes = _packed_shapes(ws, settings["views"], settings["m"])
 
     def solve_compiled(*arrays) -> list:
         # jax sets a default device inside callbacks, eager calls have none: without it, and
