@@ -194,8 +194,8 @@ def _cold() -> None:
 
 def measure_parts(model, data: tuple, tx, sparse: bool) -> tuple[float, ...]:
     """Cold seconds of one optimizer on ``data`` (:func:`inputs`): init, first-step lowering,
-    first-step XLA compile, then the compiled step's first run and a second run on a state
-    whose next update refreshes the masks (the dense step: any state)."""
+    first-step XLA compile, then the compiled step's first run on a state whose next update
+    refreshes the masks (the dense step: any state)."""
     params, x, y = data
     _cold()
     start = time.perf_counter()
@@ -210,14 +210,11 @@ def measure_parts(model, data: tuple, tx, sparse: bool) -> tuple[float, ...]:
     if sparse:
         opt_state = refreshing(opt_state)
     jax.block_until_ready(compiled(params, opt_state, x, y))
-    first_run_at = time.perf_counter()
-    jax.block_until_ready(compiled(params, opt_state, x, y))
     return (
         init_s,
         lowered_at - start,
         compiled_at - lowered_at,
-        first_run_at - compiled_at,
-        time.perf_counter() - first_run_at,
+        time.perf_counter() - compiled_at,
     )
 
 
@@ -226,16 +223,14 @@ def refreshing(opt_state):
     state's count just before a refresh: its next update recomputes the masks."""
     state = opt_state[0]
     assert isinstance(state, jaxnm.SparsifyState), type(state)
-    every = REFRESH_EVERY
-    return (dataclasses.replace(state, count=jnp.asarray(every - 1, state.count.dtype)),) + tuple(
-        opt_state[1:]
-    )
+    count = jnp.asarray(REFRESH_EVERY - 1, state.count.dtype)
+    return (dataclasses.replace(state, count=count), *opt_state[1:])
 
 
 def measure(model, data: tuple, tx, sparse: bool) -> tuple[float, float, float]:
     """Cold (init seconds, first-step compile seconds: lowering + XLA, first refreshing run
     seconds) of one optimizer on ``data`` (:func:`inputs`)."""
-    init_s, lowering_s, compile_s, first_run_s, _ = measure_parts(model, data, tx, sparse)
+    init_s, lowering_s, compile_s, first_run_s = measure_parts(model, data, tx, sparse)
     return init_s, lowering_s + compile_s, first_run_s
 
 
@@ -313,7 +308,6 @@ def main(argv: list[str] | None = None) -> list[float]:
             kind: [statistics.median(t[i] for t in runs) for i in range(3)]
             for kind, runs in times.items()
         }
-
         new_rows = [row(name, "dense", [f"{t:.2f}" for t in med["dense"]])]
         for kind in sparse_txs:
             ratio = [med[kind][i] / med["dense"][i] for i in range(2)]

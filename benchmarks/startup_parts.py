@@ -1,6 +1,6 @@
 """Where the CNN's sparse first-step compile goes: lowering and XLA compile, timed apart.
 
-Three versions of the ``benchmarks/startup.py`` CNN training step, in one process, each
+Four versions of the ``benchmarks/startup.py`` CNN training step, in one process, each
 cold (``jax.clear_caches()`` first), alternating, medians of ``ROUNDS`` (argument, default 3):
 
 * ``dense``: ``optax.adamw``;
