@@ -52,10 +52,6 @@ def lp_masks(s, n):
     return keep
 
 
-def retained(s, keep):
-    return np.sum(np.where(keep, s.astype(np.float64), 0.0), axis=(-2, -1))
-
-
 def shortfall(s, best, keep):
     """Per tile ``value(best) - value(keep)``, correctly rounded (``math.fsum`` of exact
     float64 terms): a float64 ``retained`` difference can be off by more than a tile's
@@ -92,7 +88,7 @@ def check_certificate(s, keep, n, best, slack):
     """bound >= the value of ``best`` (the LP's or OR-Tools' mask) >= the mask's value,
     up to ``slack`` (per tile, float64) for how far ``best`` may miss the optimum."""
     cert = jax.tree.map(lambda x: np.asarray(x, np.float64), certify_fn(n)(s, keep))
-    value, optimum = retained(s, keep), retained(s, best)
+    value, optimum = tile_kinds.retained(s, keep), tile_kinds.retained(s, best)
     assert np.all(cert.bound >= optimum)  # any valid mask, the oracle's included
     assert np.all(optimum >= value - slack)
     assert np.all(cert.value <= value)
@@ -142,7 +138,7 @@ def test_gap_is_zero_exactly_at_the_optimum(nm, seed):
     s = draw("integers", TILES, m, seed)
     keep = np.asarray(solver_fn("plain_greedy", n)(jnp.asarray(s)))
     cert = certify_fn(n)(s, keep)
-    optimal = retained(s, keep) == retained(s, lp_masks(s, n))
+    optimal = tile_kinds.retained(s, keep) == tile_kinds.retained(s, lp_masks(s, n))
     np.testing.assert_array_equal(np.asarray(cert.gap) == 0, optimal)
 
 

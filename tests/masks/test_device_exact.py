@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tile_kinds import retained
 
 import jaxnm
 from jaxnm.masks import certificate, chunks, device_exact, exact, fixed, greedy, residual
 
 NM = [(1, 2), (2, 4), (4, 8), (3, 8), (2, 8), (8, 16)]
-
-
-def retained(scores, keep):
-    return np.sum(np.where(np.asarray(keep), np.asarray(scores, np.float64), 0.0), axis=(-2, -1))
 
 
 def most_negative_cycle_mean(tile, keep):

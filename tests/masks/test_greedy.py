@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tile_kinds import KINDS, draw
+from tile_kinds import KINDS, draw, retained
 
 import jaxnm
 from jaxnm.masks import compaction, exact, greedy, residual
@@ -35,10 +35,6 @@ def paper_greedy(tile, n):
 def counts_ok(keep, n):
     keep = np.asarray(keep)
     return bool(np.all(keep.sum(-1) == n) and np.all(keep.sum(-2) == n))
-
-
-def retained(scores, keep):
-    return np.sum(np.where(np.asarray(keep), np.asarray(scores, np.float64), 0.0), axis=(-2, -1))
 
 
 # 12:40 needs two 32-bit words per row/column bit set; 3:5 a partly used byte.

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tile_kinds import retained
 
 from jaxnm.masks import SOLVERS, layers
 from jaxnm.masks.tiles import from_tiles, to_tiles
@@ -42,8 +43,7 @@ def retained_per_tile(w, keep, m):
     """float64 retained |w| of every m x m tile (NaN counted as -1, as the solvers do)."""
     scores = np.abs(np.asarray(to_tiles(w.astype(jnp.float32), m), np.float64))
     scores = np.where(np.isnan(scores), -1.0, scores).reshape(-1, m, m)
-    kept = np.asarray(to_tiles(keep, m)).reshape(-1, m, m)
-    return np.where(kept, scores, 0.0).sum(axis=(1, 2))
+    return retained(scores, np.asarray(to_tiles(keep, m)).reshape(-1, m, m))
 
 
 def check_same_masks(n, m, method, plans, big=False):

@@ -1,4 +1,5 @@
-"""The tile distributions every solver and certificate test draws from (one definition)."""
+"""The tile distributions every solver and certificate test draws from, and the retained
+score the tests compare masks by (one definition each)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -29,3 +30,8 @@ def draw(kind: str, b: int, m: int, rng: np.random.Generator) -> np.ndarray:
     else:
         raise ValueError(f"unknown tile kind {kind!r}; expected one of {KINDS}")
     return s.astype(np.float32)
+
+
+def retained(scores, keep) -> np.ndarray:
+    """float64 sum of ``scores`` over the kept entries of every ``(..., m, m)`` tile."""
+    return np.sum(np.where(np.asarray(keep), np.asarray(scores, np.float64), 0.0), axis=(-2, -1))
